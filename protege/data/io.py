@@ -1,0 +1,170 @@
+"""Reading and writing records: JSONL, CSV, Parquet files, or Hugging Face dataset names.
+
+Every reader returns a list of plain dicts. A malformed line or a missing field raises a
+`DataError` naming the file, the line and the field, before anything is paid for. Every
+writer is atomic: a temp file in the same directory, then a rename.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from protege.errors import DataError
+
+FILE_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet"}
+
+# Where each hub dataset keeps its splits, for names a user is likely to pass.
+HUB_SPLITS = {"anli": {"train": "train_r1", "dev": "dev_r1", "test": "test_r1"}}
+HUB_CONFIGS = {"cnn_dailymail": "3.0.0"}
+HUB_LABELS = {"anli": ["entailment", "neutral", "contradiction"]}
+
+
+def is_file_source(source: str) -> bool:
+    return Path(source).suffix.lower() in FILE_SUFFIXES or Path(source).exists()
+
+
+def read_records(source: str | Path, split: str | None = None) -> list[dict[str, Any]]:
+    """Read all records from a file path or a Hugging Face dataset name (`anli`, `cnn_dailymail`).
+
+    `split` is only used for hub names (`train`, `dev`/`validation`, `test`, or the dataset's own
+    split name such as `train_r1`).
+    """
+    source = str(source)
+    if not is_file_source(source):
+        return read_hub(source, split or "train")
+    path = Path(source)
+    if not path.exists():
+        raise DataError(source, "no such file")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        return list(iter_jsonl(path))
+    if suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            return [dict(row) for row in csv.DictReader(f)]
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    raise DataError(source, f"unsupported file type {suffix!r} (use .jsonl, .csv or .parquet)")
+
+
+def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Yield one dict per non-empty line; a bad line raises `DataError` with its line number."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(str(path), f"not valid JSON ({e.msg})", line=lineno) from e
+            if not isinstance(record, dict):
+                raise DataError(str(path), "expected a JSON object", line=lineno)
+            record.setdefault("_line", lineno)
+            yield record
+
+
+def read_hub(name: str, split: str) -> list[dict[str, Any]]:  # pragma: no cover - needs the hub
+    """Load a Hugging Face dataset split. Real code for real users; never run in tests."""
+    try:
+        import datasets
+    except ImportError as e:
+        raise DataError(name, "install `datasets` to load hub datasets") from e
+    hub_split = HUB_SPLITS.get(name, {}).get(split, "validation" if split == "dev" else split)
+    try:
+        ds = datasets.load_dataset(name, HUB_CONFIGS.get(name), split=hub_split)
+    except Exception as e:
+        raise DataError(name, f"cannot load split {hub_split!r} from the hub: {e}") from e
+    rows = ds.to_list()
+    labels = HUB_LABELS.get(name)
+    if labels:  # class ids -> names, so every source looks alike downstream
+        for row in rows:
+            if isinstance(row.get("label"), int) and 0 <= row["label"] < len(labels):
+                row["label"] = labels[row["label"]]
+    return rows
+
+
+def rename_fields(records: list[dict[str, Any]], mapping: dict[str, str]) -> list[dict[str, Any]]:
+    """Map source field names to the names protege uses: `{protege_name: source_name}`."""
+    if not mapping:
+        return records
+    out = []
+    for r in records:
+        r = dict(r)
+        for ours, theirs in mapping.items():
+            if theirs in r:
+                r[ours] = r.pop(theirs) if theirs != ours else r[theirs]
+        out.append(r)
+    return out
+
+
+def require_fields(records: list[dict[str, Any]], fields: Iterable[str], source: str) -> None:
+    """Raise `DataError` on the first record that lacks one of `fields` (or has it empty)."""
+    fields = list(fields)
+    for i, r in enumerate(records, start=1):
+        for f in fields:
+            value = r.get(f)
+            if value is None or (isinstance(value, str) and not value.strip()):
+                raise DataError(source, "missing or empty", line=r.get("_line", i), field=f)
+
+
+def require_labels(
+    records: list[dict[str, Any]], field: str, labels: list[str], source: str
+) -> None:
+    """Raise `DataError` on the first record whose label is not in `labels` (case-insensitive)."""
+    allowed = {label.lower() for label in labels}
+    for i, r in enumerate(records, start=1):
+        value = str(r.get(field, "")).strip().lower()
+        if value not in allowed:
+            raise DataError(
+                source,
+                f"unknown label {r.get(field)!r} (expected one of {', '.join(labels)})",
+                line=r.get("_line", i),
+                field=field,
+            )
+
+
+def clean(record: dict[str, Any]) -> dict[str, Any]:
+    """A record without protege's bookkeeping keys (`_line`)."""
+    return {k: v for k, v in record.items() if not k.startswith("_")}
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write `text` to `path` atomically: temp file in the same directory, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
+    """Write records as JSONL, atomically."""
+    text = "".join(json.dumps(clean(r), ensure_ascii=False) + "\n" for r in records)
+    atomic_write_text(path, text)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
