@@ -86,6 +86,12 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             return float(value)
         except ValueError:
             pass
+    if tp is str and isinstance(value, bool):
+        raise ConfigError(
+            f"{where}: expected a string, got {value!r} (YAML reads yes/no/on/off as booleans: quote it)"
+        )
+    if tp is str and isinstance(value, int | float):
+        return str(value)
     if tp in (int, str, bool, float) and not isinstance(value, tp):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
     if tp is int and isinstance(value, bool):

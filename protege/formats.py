@@ -98,7 +98,9 @@ def render_input(task: TaskConfig, record: dict[str, Any], source: str = "data")
         return task.input_template.format(**record)
     except KeyError as e:
         line = record.get("_line")
-        raise DataError(source, "missing (needed by input_template)", line=line, field=e.args[0])
+        raise DataError(
+            source, "missing (needed by input_template)", line=line, field=e.args[0]
+        ) from None
 
 
 def make_examples(task: TaskConfig, record: dict[str, Any], source: str = "data") -> list[Example]:
@@ -178,7 +180,7 @@ def parse_output(task: TaskConfig, text: str) -> Parsed:
         label = normalise_label(m.group(1), task.labels) if m else None
         return Parsed(text, label, rationale or None)
     # label, label+rationale, multitask(predict): the label comes first.
-    m = re.match(rf"^(.*?)(?:\s+{name}:\s*(.*))?$", text, flags=re.S)
+    m = re.match(rf"^(.*?)(?:\s*{name}:\s*(.*))?$", text, flags=re.S)
     head, rest = (m.group(1), m.group(2)) if m else (text, None)
     label = normalise_label(head, task.labels)
     if label is None and task.format != "label+rationale":

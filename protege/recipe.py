@@ -1,0 +1,174 @@
+"""A recipe: every stage's config written down in one YAML file, for `protege run`.
+
+    name: demo
+    run_dir: runs/demo
+    task:     {...}            # formats.TaskConfig, shared by train, eval and serve
+    data:     {train: ..., dev: ..., test: ...}
+    teacher:  {...}            # teacher.config.TeacherConfig, the default for every step
+    imports:  [...]            # recorded teacher answers to load into the store first
+    generate: [...]            # teacher steps: each a generate.GenerateConfig + the split it reads
+    teacher_zeroshot: {...}    # the teacher itself as a row of the results table
+    train:    {...}            # train.config.TrainConfig fields (task, data, output_dir are filled in)
+    eval:     {...}
+    report:   {...}
+
+Stage configs owned by other modules are kept as plain mappings here and validated by
+`validate_recipe`, which builds each stage's typed config without running anything.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from protege.config import from_dict, load_config
+from protege.errors import ConfigError
+from protege.formats import TaskConfig
+
+SPLITS = ("train", "dev", "test")
+
+
+@dataclass
+class DataConfig:
+    """Where the task's rows come from. Sources are file paths (JSONL/CSV/Parquet) or hub
+    names (`anli`, `cnn_dailymail`); `path[a:b]` takes a slice of a file's rows."""
+
+    train: str = ""
+    """Training rows (the teacher augments or labels them)."""
+    dev: str = ""
+    """Selection rows: learning-rate/split/checkpoint choices are made here, never on test."""
+    test: str = ""
+    """Held-out rows, evaluated once at the end."""
+    fields: dict[str, str] = field(default_factory=dict)
+    """Rename source fields to the task's names: `{premise: context}`."""
+    max_rows: dict[str, int] = field(default_factory=dict)
+    """Cap the rows per split, e.g. `{train: 200}` (first rows after slicing/filtering)."""
+    max_chars: dict[str, int] = field(default_factory=dict)
+    """Keep rows whose field is shorter than N characters, e.g. `{article: 2048}` (Paper B)."""
+
+
+@dataclass
+class ImportConfig:
+    """Recorded teacher answers to load into the store (`protege teacher import`)."""
+
+    file: str
+    prompt_field: str = "teacher_prompt"
+    response_field: str = "rationale"
+    model: str = "gpt-3.5-turbo-0125"
+    system: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    """The request parameters the answers were made with (temperature, seed, max_tokens)."""
+
+
+@dataclass
+class StepConfig:
+    """One teacher step: a generate config applied to one split of the data."""
+
+    name: str
+    split: Literal["train", "dev", "test"] = "train"
+    use_as: Literal["train", "dev", "none"] | None = None
+    """Which split's data this step's output replaces downstream (default: its own split)."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """`GenerateConfig` fields; `input` and `output` are filled in by the pipeline."""
+
+
+@dataclass
+class ZeroShotConfig:
+    """The teacher asked for the answer directly on the test rows (Paper B's ChatGPT row)."""
+
+    enabled: bool = True
+    limit: int | None = None
+    """Only the first N test rows (the teacher row's own sample; its size is reported)."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """`GenerateConfig` overrides (teacher, max_tokens ...)."""
+
+
+@dataclass
+class RecipeConfig:
+    """A whole run: generate -> train (grid) -> eval -> report."""
+
+    name: str = "run"
+    run_dir: str = "runs/run"
+    task: TaskConfig = field(default_factory=TaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: dict[str, Any] = field(default_factory=dict)
+    imports: list[ImportConfig] = field(default_factory=list)
+    generate: list[StepConfig] = field(default_factory=list)
+    teacher_zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
+    train: dict[str, Any] = field(default_factory=dict)
+    eval: dict[str, Any] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+SLICE = re.compile(r"^(?P<path>.+?)\[(?P<a>-?\d*):(?P<b>-?\d*)\]$")
+
+
+def split_source(source: str) -> tuple[str, slice | None]:
+    """`data.jsonl[:800]` -> ("data.jsonl", slice(None, 800))."""
+    m = SLICE.match(source)
+    if not m:
+        return source, None
+    a, b = m.group("a"), m.group("b")
+    return m.group("path"), slice(int(a) if a else None, int(b) if b else None)
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> RecipeConfig:
+    recipe = load_config(RecipeConfig, path, overrides)
+    for split in SPLITS:
+        if not getattr(recipe.data, split):
+            raise ConfigError(f"{path}: data.{split} is required")
+    names = [s.name for s in recipe.generate]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: generate step names must be unique (got {names})")
+    return recipe
+
+
+def validate_recipe(recipe: RecipeConfig) -> None:
+    """Build every stage's typed config (raises ConfigError naming the bad field)."""
+    from protege.generate import GenerateConfig
+    from protege.train.config import TrainConfig
+
+    for step in recipe.generate:
+        from_dict(
+            GenerateConfig, step_generate_dict(recipe, step, "in", "out"), f"generate.{step.name}"
+        )
+    if recipe.teacher_zeroshot.enabled:
+        from_dict(GenerateConfig, zeroshot_dict(recipe, "in", "out"), "teacher_zeroshot")
+    from_dict(TrainConfig, train_dict(recipe, "train", "dev", "out"), "train")
+
+
+def step_generate_dict(recipe: RecipeConfig, step: StepConfig, inp: str, out: str) -> dict:
+    cfg = dict(step.config)
+    teacher = {**recipe.teacher, **cfg.pop("teacher", {})}
+    if recipe.task.type == "classification":
+        cfg.setdefault("labels", list(recipe.task.labels))
+    return {**cfg, "teacher": teacher, "input": inp, "output": out}
+
+
+def zeroshot_dict(recipe: RecipeConfig, inp: str, out: str) -> dict:
+    cfg = dict(recipe.teacher_zeroshot.config)
+    teacher = {**recipe.teacher, **cfg.pop("teacher", {})}
+    if recipe.task.type == "classification":
+        cfg.setdefault("recipe", "label")
+        cfg.setdefault("labels", list(recipe.task.labels))
+        cfg.setdefault("output_field", "teacher_label")
+    else:
+        cfg.setdefault("recipe", "summarize")
+        cfg.setdefault("output_field", "teacher_summary")
+    if recipe.teacher_zeroshot.limit is not None:
+        cfg.setdefault("limit", recipe.teacher_zeroshot.limit)
+    return {**cfg, "teacher": teacher, "input": inp, "output": out}
+
+
+def train_dict(recipe: RecipeConfig, train: str, dev: str, out: str) -> dict:
+    from protege.config import to_dict
+
+    return {
+        **recipe.train,
+        "task": to_dict(recipe.task),
+        "train_data": train,
+        "dev_data": dev,
+        "output_dir": out,
+    }
