@@ -1,0 +1,157 @@
+"""Metrics as pure functions: label accuracy (malformed counted wrong), coverage, per-class
+P/R/F1, confusion matrix, corpus BLEU, Paper A's sentence-BLEU variant, ROUGE, output length.
+
+Every function takes plain lists, so the same code scores a student, the teacher and a test's
+hand-made numbers. Per-example values are returned where a bootstrap or a paired test needs
+them (`correct`, `rouge_per_example`, `bleu_sentence_stats`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+MALFORMED = "(malformed)"
+"""The confusion-matrix column for outputs that did not parse into a label."""
+
+
+def classification_metrics(
+    golds: Sequence[str], preds: Sequence[str | None], labels: Sequence[str]
+) -> dict[str, Any]:
+    """Accuracy over *all* rows (a malformed prediction, `None`, counts wrong), coverage (the
+    share that parsed), per-class precision/recall/F1, macro-F1 and the confusion matrix.
+
+    Paper A's code skipped malformed outputs, which flatters a model that often fails to answer;
+    here they stay in the denominator and get their own confusion column.
+    """
+    if len(golds) != len(preds):
+        raise ValueError(f"{len(golds)} gold labels but {len(preds)} predictions")
+    n = len(golds)
+    correct = [int(p is not None and p == g) for g, p in zip(golds, preds, strict=True)]
+    parsed = sum(p is not None for p in preds)
+    columns = [*labels, MALFORMED]
+    confusion = {g: dict.fromkeys(columns, 0) for g in labels}
+    for g, p in zip(golds, preds, strict=True):
+        if g in confusion:
+            confusion[g][p if p in labels else MALFORMED] += 1
+    per_class = {}
+    for label in labels:
+        tp = confusion[label][label]
+        predicted = sum(confusion[g][label] for g in labels)
+        support = sum(confusion[label].values())
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[label] = {
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "support": support,
+        }
+    return {
+        "n": n,
+        "accuracy": sum(correct) / n if n else 0.0,
+        "coverage": parsed / n if n else 0.0,
+        "macro_f1": sum(c["f1"] for c in per_class.values()) / len(per_class) if labels else 0.0,
+        "per_class": per_class,
+        "confusion": {"rows_gold": list(labels), "columns_pred": columns, "counts": confusion},
+        "correct": correct,
+    }
+
+
+def bleu_sentence_stats(hyps: Sequence[str], refs: Sequence[str]) -> list[list[int]]:
+    """Per-example BLEU sufficient statistics (sacrebleu's: sys_len, ref_len, 4 x matches,
+    4 x totals). Their column sums give the corpus BLEU, so a bootstrap resamples rows of
+    this table instead of re-tokenising 1,000 times."""
+    from sacrebleu.metrics import BLEU
+
+    # sacrebleu has no public per-sentence statistics; this is the helper corpus_score uses.
+    return [list(map(int, row)) for row in BLEU()._extract_corpus_statistics(hyps, [list(refs)])]
+
+
+def bleu_from_stats(stats: Sequence[Sequence[float]]) -> float:
+    """Corpus BLEU (0-100, sacrebleu defaults: 13a tokeniser, no smoothing) from summed stats."""
+    from sacrebleu.metrics import BLEU
+
+    if not len(stats):
+        return 0.0
+    total = [sum(col) for col in zip(*stats, strict=True)]
+    score = BLEU.compute_bleu(
+        correct=total[2:6], total=total[6:10], sys_len=total[0], ref_len=total[1]
+    )
+    return float(score.score)
+
+
+def corpus_bleu(hyps: Sequence[str], refs: Sequence[str]) -> float:
+    """Standard corpus BLEU (sacrebleu 13a, 0-100): what this project reports as "BLEU"."""
+    import sacrebleu
+
+    if not hyps:
+        return 0.0
+    return float(sacrebleu.corpus_bleu(list(hyps), [list(refs)]).score)
+
+
+def sentence_bleu_nltk_mean(hyps: Sequence[str], refs: Sequence[str]) -> float:
+    """Paper A's variant (0-1): NLTK `sentence_bleu` on whitespace tokens, no smoothing,
+    averaged over examples. Any example without a matching 4-gram scores 0, so this is lower
+    and noisier than corpus BLEU; it is reported only to compare with the paper."""
+    import warnings
+
+    from nltk.translate.bleu_score import sentence_bleu
+
+    if not hyps:
+        return 0.0
+    scores = []
+    with warnings.catch_warnings():  # NLTK warns on every zero-overlap sentence
+        warnings.simplefilter("ignore")
+        for h, r in zip(hyps, refs, strict=True):
+            scores.append(float(sentence_bleu([r.split()], h.split())))
+    return sum(scores) / len(scores)
+
+
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+
+
+def rouge_per_example(preds: Sequence[str], refs: Sequence[str]) -> dict[str, list[float]]:
+    """ROUGE F-measures (0-100) per example, with Porter stemming (`rouge-score`).
+
+    rougeL is the per-summary LCS (Paper B's "RL"); rougeLsum splits sentences on newlines
+    (the T5 paper's "RL"), so sentences are put on their own lines first."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
+    out: dict[str, list[float]] = {k: [] for k in ROUGE_KEYS}
+    for p, r in zip(preds, refs, strict=True):
+        scores = scorer.score(_sentence_lines(r), _sentence_lines(p))
+        for k in ROUGE_KEYS:
+            out[k].append(100.0 * scores[k].fmeasure)
+    return out
+
+
+def _sentence_lines(text: str) -> str:
+    """One sentence per line for rougeLsum (a simple split on sentence-final punctuation)."""
+    import re
+
+    if "\n" in text.strip():
+        return text.strip()
+    return "\n".join(s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s)
+
+
+def rouge(preds: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L/Lsum F-measures (0-100)."""
+    per = rouge_per_example(preds, refs)
+    return {k: (sum(v) / len(v) if v else 0.0) for k, v in per.items()}
+
+
+def mean_length_words(texts: Sequence[str]) -> float:
+    """Average output length in whitespace-separated words."""
+    return sum(len(t.split()) for t in texts) / len(texts) if texts else 0.0
+
+
+def mean_length_tokens(texts: Sequence[str], tokenizer: Any) -> float:
+    """Average output length in the student's tokenizer tokens (no special tokens); Paper B's
+    "gen len" counts tokens of its own tokenizer, so compare it only in kind."""
+    if not texts:
+        return 0.0
+    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    return sum(len(x) for x in ids) / len(ids)

@@ -1,0 +1,121 @@
+"""Evaluate one student model directory, or the teacher's zero-shot answers, on a test file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from protege.data.io import write_json, write_jsonl
+from protege.evaluate.predict import Decoding, generate, load_for_eval
+from protege.evaluate.score import score_outputs, teacher_outputs
+from protege.formats import TaskConfig, explain_input, inference_input, load_task
+
+DEFAULT_HOURLY_PRICE_USD = 0.10
+"""Assumed price of the machine a student runs on (a small CPU VM), for cost per 1,000."""
+
+
+def student_speed(seconds_per_example: float, hourly_price_usd: float) -> dict[str, float]:
+    """Latency and an *estimated* cost: measured seconds x an assumed hourly machine price."""
+    return {
+        "latency_s_per_example": seconds_per_example,
+        "latency_ms_per_example": 1000 * seconds_per_example,
+        "hourly_price_usd": hourly_price_usd,
+        "cost_per_1k_usd": 1000 * seconds_per_example * hourly_price_usd / 3600,
+    }
+
+
+def evaluate_model(
+    model_dir: str | Path,
+    records: list[dict[str, Any]],
+    task: TaskConfig | None = None,
+    *,
+    decoding: Decoding | None = None,
+    out_dir: str | Path | None = None,
+    source: str = "test",
+    hourly_price_usd: float = DEFAULT_HOURLY_PRICE_USD,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Generate with the student in `model_dir` on `records` and score it.
+
+    The task defaults to the model's own `protege_task.json`. Returns the metrics (with 95%
+    intervals), decoding settings and speed, plus `per_example` rows; with `out_dir`, writes
+    `metrics.json` (everything but the rows) and `predictions.jsonl` (the rows)."""
+    task = task or load_task(model_dir)
+    decoding = (decoding or Decoding()).resolved(task)
+    model, tok, device = load_for_eval(model_dir, device)
+    inputs = [inference_input(task, r, source) for r in records]
+    gen = generate(model, tok, inputs, decoding, device, desc=Path(model_dir).name)
+    rationales = None
+    if task.format == "multitask" and any(r.get(task.rationale_field) for r in records):
+        # Multitask students explain only when asked with `explain:`; score that pass for BLEU.
+        rationale_dec = Decoding(decoding.batch_size, 160, decoding.num_beams)
+        expl = generate(
+            model, tok, [explain_input(task, r, source) for r in records], rationale_dec, device
+        )
+        rationales = expl.texts
+    metrics, rows = score_outputs(
+        task, records, gen.texts, rationales=rationales, n_tokens=gen.n_tokens, source=source
+    )
+    result = {
+        "model_dir": str(model_dir),
+        "task": _task_dict(task),
+        "decoding": decoding.to_dict(),
+        "device": device,
+        "speed": student_speed(gen.seconds_per_example, hourly_price_usd),
+        "metrics": metrics,
+        "per_example": rows,
+    }
+    if out_dir is not None:
+        write_outputs(result, out_dir)
+    return result
+
+
+def evaluate_teacher(
+    teacher_file: str | Path, records: list[dict[str, Any]], task: TaskConfig
+) -> dict[str, Any]:
+    """Score the teacher's zero-shot answers (`teacher_label` / `teacher_summary`, written by
+    `protege generate`) on the same test rows, with its cost and latency per example."""
+    from protege.data.io import read_records
+
+    field = "teacher_label" if task.type == "classification" else "teacher_summary"
+    answers = read_records(teacher_file)
+    texts, preds, info = teacher_outputs(task, records, answers, field)
+    metrics, rows = score_outputs(task, records, texts, preds=preds, source=str(teacher_file))
+    models = sorted({str((a.get("provenance") or {}).get("model")) for a in answers} - {"None"})
+    return {
+        "model_dir": None,
+        "teacher_file": str(teacher_file),
+        "teacher_model": ", ".join(models) or None,
+        "task": _task_dict(task),
+        "decoding": None,
+        "speed": info,
+        "metrics": metrics,
+        "per_example": rows,
+    }
+
+
+def write_outputs(result: dict[str, Any], out_dir: str | Path) -> None:
+    out = Path(out_dir)
+    write_jsonl(out / "predictions.jsonl", result["per_example"])
+    write_json(out / "metrics.json", {k: v for k, v in result.items() if k != "per_example"})
+
+
+def read_outputs(out_dir: str | Path) -> dict[str, Any] | None:
+    """A result written by `write_outputs`, or None when absent."""
+    out = Path(out_dir)
+    if not (out / "metrics.json").exists() or not (out / "predictions.jsonl").exists():
+        return None
+    from protege.data.io import iter_jsonl
+
+    result = json.loads((out / "metrics.json").read_text())
+    result["per_example"] = [
+        {k: v for k, v in r.items() if k != "_line"} for r in iter_jsonl(out / "predictions.jsonl")
+    ]
+    return result
+
+
+def _task_dict(task: TaskConfig) -> dict[str, Any]:
+    from protege.config import to_dict
+
+    return to_dict(task)

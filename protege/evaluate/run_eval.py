@@ -1,0 +1,227 @@
+"""Evaluate a whole training run: every configuration's two checkpoints on the test file,
+each tested against its baseline on the same rows, seeds aggregated, and the teacher's
+zero-shot row beside them. Writes `RUN_DIR/eval/summary.json` (+ per-model files).
+
+A checkpoint already scored with the same test file, task, decoding and weights is read back
+rather than re-generated, so a rerun after adding one configuration scores only that one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from protege.config import fingerprint, from_dict, read_yaml, to_dict
+from protege.data.io import file_sha256, read_records, write_json
+from protege.errors import ProtegeError
+from protege.evaluate.hygiene import check_splits, refuse_test_use
+from protege.evaluate.model_eval import (
+    DEFAULT_HOURLY_PRICE_USD,
+    evaluate_model,
+    evaluate_teacher,
+    read_outputs,
+    write_outputs,
+)
+from protege.evaluate.predict import Decoding
+from protege.evaluate.score import headline, per_example_scores
+from protege.evaluate.stats import aggregate, mcnemar, paired_bootstrap
+from protege.formats import TaskConfig
+
+CHECKPOINTS = {"loss": "best-loss", "accuracy": "best-accuracy"}
+"""results.json `best` keys -> checkpoint directory names (Paper A tests both)."""
+TEACHER_FILE = Path("generate") / "teacher-zeroshot.jsonl"
+
+
+def recipe_defaults(run_dir: str | Path) -> dict[str, Any]:
+    """`task` and `data` from `RUN_DIR/recipe.yaml`, if the run has one."""
+    path = Path(run_dir) / "recipe.yaml"
+    return read_yaml(path) if path.exists() else {}
+
+
+def resolve_inputs(
+    run_dir: str | Path, test_path: str | Path | None, task: TaskConfig | None
+) -> tuple[str, TaskConfig, dict[str, Any]]:
+    """Test file and task from the arguments, else from the run's recipe.yaml."""
+    recipe = recipe_defaults(run_dir)
+    data = recipe.get("data") or {}
+    test = test_path or data.get("test")
+    if not test:
+        raise ProtegeError(
+            f"{run_dir}: no test file (pass --test, or set data.test in recipe.yaml)"
+        )
+    if task is None:
+        if "task" not in recipe:
+            raise ProtegeError(f"{run_dir}: no task (recipe.yaml has no `task` section)")
+        task = from_dict(TaskConfig, recipe["task"], "task")
+    return str(test), task, data
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    test_path: str | Path | None = None,
+    task: TaskConfig | None = None,
+    teacher_file: str | Path | None = None,
+    *,
+    decoding: Decoding | None = None,
+    hourly_price_usd: float = DEFAULT_HOURLY_PRICE_USD,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Score every checkpoint in `RUN_DIR/train/results.json` on the test file; returns and
+    writes the summary. Refuses when the run's training or dev data is the test file."""
+    run_dir = Path(run_dir)
+    test_path, task, data = resolve_inputs(run_dir, test_path, task)
+    results_path = run_dir / "train" / "results.json"
+    if not results_path.exists():
+        raise ProtegeError(f"{run_dir}: no train/results.json (train the run first)")
+    results = json.loads(results_path.read_text())
+    for role, key in (("training", "train"), ("selection (dev)", "dev")):
+        refuse_test_use(data.get(key), test_path, role)
+    test = read_records(test_path, "test")
+    splits = {"test": test}
+    for key in ("train", "dev"):
+        if data.get(key):
+            splits[key] = read_records(data[key], key)
+    hygiene = check_splits(splits, task)
+    decoding = (decoding or Decoding()).resolved(task)
+    test_sha = file_sha256(test_path) if Path(test_path).exists() else test_path
+    eval_dir = run_dir / "eval"
+
+    entries: list[dict[str, Any]] = []
+    scores: dict[str, list[float]] = {}
+    for cfg in results:
+        for kind, dirname in CHECKPOINTS.items():
+            best = (cfg.get("best") or {}).get(kind)
+            if not best or not best.get("path"):
+                continue
+            model_dir = run_dir / "train" / best["path"]
+            if not model_dir.exists():
+                continue
+            out = eval_dir / cfg["id"] / dirname
+            key = fingerprint(
+                test_sha, to_dict(task), decoding.to_dict(), _weights_stamp(model_dir)
+            )
+            result = read_outputs(out)
+            if result is None or result.get("fingerprint") != key:
+                result = evaluate_model(
+                    model_dir,
+                    test,
+                    task,
+                    decoding=decoding,
+                    hourly_price_usd=hourly_price_usd,
+                    device=device,
+                    source=test_path,
+                )
+                result["fingerprint"] = key
+                write_outputs(result, out)
+            name = f"{cfg['id']}/{dirname}"
+            scores[name] = per_example_scores(task, result["per_example"])
+            entries.append(
+                {
+                    "name": name,
+                    "id": cfg["id"],
+                    "checkpoint": dirname,
+                    **{k: cfg.get(k) for k in ("model", "format", "lr", "split", "seed")},
+                    "baseline": bool(cfg.get("baseline")),
+                    "dev": {k: v for k, v in best.items() if k != "path"},
+                    "test": result["metrics"],
+                    "speed": result["speed"],
+                    "files": str(out.relative_to(run_dir)),
+                }
+            )
+    for e in entries:
+        e["paired"] = _paired(e, entries, scores, task)
+
+    teacher = None
+    teacher_file = teacher_file or (run_dir / TEACHER_FILE)
+    if Path(teacher_file).exists():
+        teacher_result = evaluate_teacher(teacher_file, test, task)
+        write_outputs(teacher_result, eval_dir / "teacher")
+        teacher = {k: v for k, v in teacher_result.items() if k != "per_example"}
+
+    summary = {
+        "run_dir": str(run_dir),
+        "test": test_path,
+        "test_sha256": test_sha,
+        "n_test": len(test),
+        "task": to_dict(task),
+        "headline": headline(task),
+        "decoding": decoding.to_dict(),
+        "hourly_price_usd": hourly_price_usd,
+        "hygiene": hygiene,
+        "models": entries,
+        "aggregates": _aggregates(entries, task),
+        "teacher": teacher,
+    }
+    write_json(eval_dir / "summary.json", summary)
+    return summary
+
+
+def _weights_stamp(model_dir: Path) -> list[Any]:
+    """Size and mtime of the weight files: changes when a checkpoint is overwritten."""
+    files = sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin"))
+    return [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+
+
+def dev_score(entry: dict[str, Any], task: TaskConfig) -> float | None:
+    """The dev-set selection metric of a checkpoint, from results.json."""
+    key = "eval_accuracy" if task.type == "classification" else "eval_rougeL"
+    value = entry["dev"].get(key)
+    return float(value) if value is not None else None
+
+
+def _paired(
+    entry: dict[str, Any],
+    entries: list[dict[str, Any]],
+    scores: dict[str, list[float]],
+    task: TaskConfig,
+) -> dict[str, Any] | None:
+    """Test a non-baseline checkpoint against a baseline checkpoint of the same kind: the one
+    with the same lr and seed, else the same seed with the best dev score, else the best dev
+    score. Selection uses dev only, never test."""
+    if entry["baseline"]:
+        return None
+    same_kind = [b for b in entries if b["baseline"] and b["checkpoint"] == entry["checkpoint"]]
+    match = [b for b in same_kind if b["lr"] == entry["lr"] and b["seed"] == entry["seed"]]
+    how = "same lr and seed"
+    if not match:
+        match = [b for b in same_kind if b["seed"] == entry["seed"]] or same_kind
+        match = sorted(match, key=lambda b: -(dev_score(b, task) or float("-inf")))[:1]
+        how = "best baseline on dev"
+    if not match:
+        return None
+    base = match[0]
+    a, b = scores[entry["name"]], scores[base["name"]]
+    out: dict[str, Any] = {"baseline": base["name"], "chosen_by": how}
+    out["paired_bootstrap"] = paired_bootstrap(a, b)
+    if task.type == "classification":
+        out["mcnemar"] = mcnemar([int(x) for x in a], [int(x) for x in b])
+    return out
+
+
+def _aggregates(entries: list[dict[str, Any]], task: TaskConfig) -> list[dict[str, Any]]:
+    """Mean +- std over seeds of each (model, format, lr, split, checkpoint) configuration."""
+    key_metric = headline(task)
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for e in entries:
+        split = tuple(e["split"]) if e["split"] else None
+        groups[(e["model"], e["format"], e["lr"], split, e["baseline"], e["checkpoint"])].append(e)
+    out = []
+    for (model, fmt, lr, split, baseline, ckpt), group in groups.items():
+        row = {
+            "model": model,
+            "format": fmt,
+            "lr": lr,
+            "split": list(split) if split else None,
+            "baseline": baseline,
+            "checkpoint": ckpt,
+            "seeds": [e["seed"] for e in group],
+            "test_" + key_metric: aggregate([e["test"].get(key_metric) for e in group]),
+            "dev": aggregate([dev_score(e, task) for e in group]),
+        }
+        if task.type == "classification":
+            row["test_coverage"] = aggregate([e["test"].get("coverage") for e in group])
+            row["test_bleu"] = aggregate([e["test"].get("bleu") for e in group])
+        out.append(row)
+    return out
