@@ -129,9 +129,8 @@ def run_recipe(recipe: RecipeConfig, force: bool = False) -> RunResult:
     _check_hygiene(data)
 
     # 2. recorded teacher answers, then the teacher steps.
-    for imp in recipe.imports:
-        fp = fingerprint(to_dict(imp), source_hash(imp.file))
-        stages.run(f"import:{Path(imp.file).name}", fp, [], lambda i=imp: _import(i))
+    for imp in recipe.imports:  # always: cheap, idempotent, and the store may be a new one
+        _import(imp)
     inputs = dict(data)
     for step in recipe.generate:
         out = run / "generate" / f"{step.name}.jsonl"
@@ -155,32 +154,40 @@ def run_recipe(recipe: RecipeConfig, force: bool = False) -> RunResult:
             lambda c=cfg: _generate(c, run, "teacher-zeroshot"),
         )
 
-    # 3. train the grid; 4. evaluate every checkpoint on test; 5. report.
-    train_dir = run / "train"
-    tcfg = train_dict(recipe, str(inputs["train"]), str(inputs["dev"]), str(train_dir))
-    train_fp = fingerprint(tcfg, file_sha256(inputs["train"]), file_sha256(inputs["dev"]))
-    if stages.done.get("train") not in (None, train_fp) and train_dir.exists():
-        _set_aside(train_dir, stages.done["train"])
-    stages.run("train", train_fp, [train_dir / "results.json"], lambda: _train(tcfg))
+    # 3. train the grid; 4. evaluate every checkpoint on test; 5. report. With variants, each
+    # student gets its own sub-run directory (RUN/<variant>/train, eval, report).
+    outputs = {"data": inputs["train"], **{s.name: run / "generate" / f"{s.name}.jsonl" for s in recipe.generate}}
+    targets = [(run, None)] if not recipe.variants else [(run / v.name, v) for v in recipe.variants]
+    report = None
+    for sub, variant in targets:
+        train_path = outputs[variant.train_from] if variant else inputs["train"]
+        prefix = f"{variant.name}:" if variant else ""
+        report = _student_stages(recipe, stages, prefix, sub, run, train_path, inputs["dev"],
+                                 data["test"], teacher_file, variant.train if variant else None)
+    if recipe.variants:
+        report = _variants_report(recipe, run)
+    return RunResult(run, report if report and report.exists() else None, stages.ran, stages.skipped)
 
-    eval_fp = fingerprint(
-        train_fp,
-        recipe.eval,
-        file_sha256(data["test"]),
-        file_sha256(teacher_file) if teacher_file and teacher_file.exists() else None,
-    )
-    stages.run(
-        "eval",
-        eval_fp,
-        [run / "eval" / "summary.json"],
-        lambda: _evaluate(recipe, run, data["test"], teacher_file),
-    )
-    report_fp = fingerprint(
-        eval_fp, recipe.report, [stages.done.get(k) for k in sorted(stages.done)]
-    )
-    report = run / "report" / "report.html"
-    stages.run("report", report_fp, [report], lambda: _report(recipe, run))
-    return RunResult(run, report if report.exists() else None, stages.ran, stages.skipped)
+
+def _student_stages(recipe, stages, prefix, sub, run, train_path, dev_path, test_path,
+                    teacher_file, extra) -> Path:
+    train_dir = sub / "train"
+    tcfg = train_dict(recipe, str(train_path), str(dev_path), str(train_dir), extra)
+    train_fp = fingerprint(tcfg, file_sha256(train_path), file_sha256(dev_path))
+    old = stages.done.get(f"{prefix}train")
+    if old not in (None, train_fp) and train_dir.exists():
+        _set_aside(train_dir, old)
+    stages.run(f"{prefix}train", train_fp, [train_dir / "results.json"], lambda: _train(tcfg))
+
+    teacher_fp = file_sha256(teacher_file) if teacher_file and teacher_file.exists() else None
+    eval_fp = fingerprint(train_fp, recipe.eval, file_sha256(test_path), teacher_fp)
+    stages.run(f"{prefix}eval", eval_fp, [sub / "eval" / "summary.json"],
+               lambda: _evaluate(recipe, sub, test_path, teacher_file))
+    report = sub / "report" / "report.html"
+    gen_fps = [stages.done.get(k) for k in sorted(stages.done) if k.startswith("generate:")]
+    report_fp = fingerprint(eval_fp, recipe.report, gen_fps)
+    stages.run(f"{prefix}report", report_fp, [report], lambda: _report(recipe, sub, run))
+    return report
 
 
 def _set_aside(path: Path, old_fp: str) -> None:
@@ -232,7 +239,12 @@ def _evaluate(recipe: RecipeConfig, run: Path, test: Path, teacher_file: Path | 
     evaluate_run(run, test, recipe.task, teacher_file=teacher_file, **recipe.eval)
 
 
-def _report(recipe: RecipeConfig, run: Path) -> None:
+def _report(recipe: RecipeConfig, sub: Path, run: Path) -> None:
     from protege.report import build_report
 
-    build_report(run, **recipe.report)
+    build_report(sub, **recipe.report)
+
+
+def _variants_report(recipe: RecipeConfig, run: Path) -> Path:
+    """One table over the variants (Paper B's Table 2), linking each variant's own report."""
+    raise NotImplementedError

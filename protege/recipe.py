@@ -86,6 +86,17 @@ class ZeroShotConfig:
 
 
 @dataclass
+class VariantConfig:
+    """One student trained on one training set: Paper B's gold vs synthetic x T5 vs BART."""
+
+    name: str
+    train_from: str = "data"
+    """`data` (the recipe's own train split, after teacher steps) or a generate step's name."""
+    train: dict[str, Any] = field(default_factory=dict)
+    """`TrainConfig` overrides for this variant (model, lr ...)."""
+
+
+@dataclass
 class RecipeConfig:
     """A whole run: generate -> train (grid) -> eval -> report."""
 
@@ -97,6 +108,8 @@ class RecipeConfig:
     imports: list[ImportConfig] = field(default_factory=list)
     generate: list[StepConfig] = field(default_factory=list)
     teacher_zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
+    variants: list[VariantConfig] = field(default_factory=list)
+    """Several students in one run, each in RUN_DIR/<name>/ (empty: one, in RUN_DIR/train)."""
     train: dict[str, Any] = field(default_factory=dict)
     eval: dict[str, Any] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
@@ -122,6 +135,14 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> RecipeConfig:
     names = [s.name for s in recipe.generate]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: generate step names must be unique (got {names})")
+    variants = [v.name for v in recipe.variants]
+    if len(set(variants)) != len(variants):
+        raise ConfigError(f"{path}: variant names must be unique (got {variants})")
+    for v in recipe.variants:
+        if v.train_from != "data" and v.train_from not in names:
+            raise ConfigError(
+                f"{path}: variants.{v.name}.train_from: no generate step named {v.train_from!r}"
+            )
     return recipe
 
 
@@ -137,6 +158,8 @@ def validate_recipe(recipe: RecipeConfig) -> None:
     if recipe.teacher_zeroshot.enabled:
         from_dict(GenerateConfig, zeroshot_dict(recipe, "in", "out"), "teacher_zeroshot")
     from_dict(TrainConfig, train_dict(recipe, "train", "dev", "out"), "train")
+    for v in recipe.variants:
+        from_dict(TrainConfig, train_dict(recipe, "t", "d", "o", v.train), f"variants.{v.name}")
 
 
 def step_generate_dict(recipe: RecipeConfig, step: StepConfig, inp: str, out: str) -> dict:
