@@ -1,0 +1,154 @@
+"""Records -> tokenized examples with per-token span tags, length-grouped batches, padding.
+
+Targets are built from `formats.make_examples` segments: each segment is tokenized without
+special tokens, the ids are concatenated and eos is appended, and every token keeps the tag
+of its segment (1 = label, 2 = rationale), so the split loss needs no string re-parsing.
+Batches are padded only to their own longest row (dynamic padding) and rows of similar
+length are batched together, so little compute goes to padding.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from protege.config import fingerprint
+from protege.data.io import file_sha256, is_file_source, read_records
+from protege.errors import DataError
+from protege.formats import Example, TaskConfig, make_examples
+from protege.train.loss import IGNORE, LABEL_TAG, PAD_TAG, RATIONALE_TAG
+
+TAGS = {"label": LABEL_TAG, "rationale": RATIONALE_TAG}
+
+
+@dataclass
+class Encoded:
+    """One tokenized training pair."""
+
+    input_ids: list[int]
+    target_ids: list[int]
+    tags: list[int]
+    uid: str = ""
+
+
+@dataclass
+class DataSummary:
+    """What was read and what was left out, for the results table."""
+
+    source: str
+    n_records: int = 0
+    n_examples: int = 0
+    skipped_flagged: int = 0
+    skipped_missing_rationale: int = 0
+    records: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    examples: list[Example] = field(default_factory=list, repr=False)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "records": self.n_records,
+            "examples": self.n_examples,
+            "skipped_flagged": self.skipped_flagged,
+            "skipped_missing_rationale": self.skipped_missing_rationale,
+        }
+
+
+def load_examples(source: str, task: TaskConfig, max_rows: int | None = None) -> DataSummary:
+    """Read records and turn them into examples; flagged rows (teacher output that did not
+    parse) are skipped and counted, as are rows without a rationale when the task says skip."""
+    if not source:
+        raise DataError("train config", "no data file given (train_data / dev_data)")
+    records = read_records(source)
+    if max_rows is not None:
+        records = records[:max_rows]
+    summary = DataSummary(source=str(source))
+    for record in records:
+        if record.get("flagged"):
+            summary.skipped_flagged += 1
+            continue
+        examples = make_examples(task, record, str(source))
+        if not examples:
+            summary.skipped_missing_rationale += 1
+            continue
+        summary.records.append(record)
+        summary.examples.extend(examples)
+    summary.n_records = len(records)
+    summary.n_examples = len(summary.examples)
+    if not summary.examples:
+        raise DataError(str(source), "no usable rows (all flagged or missing a rationale)")
+    return summary
+
+
+def eos_id(tok) -> int:
+    """BERT tokenizers have no eos; their [SEP] ends a sequence."""
+    return tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
+
+
+def encode(examples: list[Example], tok, max_source_len: int, max_target_len: int) -> list[Encoded]:
+    """Tokenize sources (with the model's special tokens) and tagged targets (+ eos)."""
+    sources = tok([e.source for e in examples], truncation=True, max_length=max_source_len)[
+        "input_ids"
+    ]
+    texts = [text for e in examples for _, text in e.segments]
+    seg_ids = iter(tok(texts, add_special_tokens=False)["input_ids"]) if texts else iter([])
+    eos = eos_id(tok)
+    out = []
+    for example, src in zip(examples, sources, strict=True):
+        ids: list[int] = []
+        tags: list[int] = []
+        for kind, _ in example.segments:
+            piece = next(seg_ids)
+            ids += piece
+            tags += [TAGS[kind]] * len(piece)
+        ids, tags = ids[: max_target_len - 1], tags[: max_target_len - 1]
+        last = tags[-1] if tags else TAGS[example.segments[-1][0]]
+        out.append(Encoded(list(src), ids + [eos], tags + [last], example.uid))
+    return out
+
+
+def length_grouped_batches(
+    lengths: list[int], batch_size: int, seed: int, epoch: int, mega_batch: int = 50
+) -> list[list[int]]:
+    """Index batches of similar length: shuffle, sort within windows of `mega_batch` batches,
+    cut into batches, shuffle the batches. Deterministic in (seed, epoch), so a resumed run
+    sees the same order."""
+    rng = random.Random(f"{seed}-{epoch}")
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = batch_size * mega_batch
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: -lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad to the longest row of this batch: inputs with pad_id, labels with -100, tags with 0."""
+    src_len = max(len(e.input_ids) for e in items)
+    tgt_len = max(len(e.target_ids) for e in items)
+    input_ids = torch.full((len(items), src_len), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(items), src_len), dtype=torch.long)
+    labels = torch.full((len(items), tgt_len), IGNORE, dtype=torch.long)
+    tags = torch.full((len(items), tgt_len), PAD_TAG, dtype=torch.long)
+    for i, e in enumerate(items):
+        input_ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
+        attention[i, : len(e.input_ids)] = 1
+        labels[i, : len(e.target_ids)] = torch.tensor(e.target_ids)
+        tags[i, : len(e.tags)] = torch.tensor(e.tags)
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "tags": tags}
+
+
+def data_fingerprint(*sources: str, max_rows: int | None = None) -> str:
+    """sha256 of the data files (or the hub names), so a checkpoint says what it saw."""
+    parts = []
+    for source in sources:
+        if source and is_file_source(source) and Path(source).exists():
+            parts.append(file_sha256(source))
+        else:
+            parts.append(source)
+    return fingerprint(parts, max_rows)

@@ -1,0 +1,146 @@
+"""Dev evaluation during training: split loss on dev, and metrics of GENERATED text.
+
+Label accuracy reads each generated string back with `formats.parse_output`; an output that
+does not parse counts as wrong (and lowers coverage), never skipped. Rationale BLEU is
+sacrebleu's corpus BLEU (0-100) of generated vs teacher rationales. Summarization reports
+ROUGE-L F1 (rouge-score, 0-1) instead of accuracy. Under DDP each process scores a shard and
+the results are gathered, so every process reaches the same numbers and decisions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from protege.formats import (
+    TaskConfig,
+    explain_input,
+    inference_input,
+    normalise_label,
+    parse_output,
+)
+from protege.train.data import Encoded, collate
+from protege.train.loss import TokenSums, token_sums
+
+
+def _gather(accelerator, items: list) -> list:
+    from accelerate.utils import gather_object
+
+    return gather_object(items) if accelerator.num_processes > 1 else items
+
+
+def dev_loss(model, dev: list[Encoded], pad_id: int, batch_size: int, accelerator) -> TokenSums:
+    """Summed CE per span over the whole dev set (this process's shard, then gathered)."""
+    rank, world = accelerator.process_index, accelerator.num_processes
+    shard = sorted(dev[rank::world], key=lambda e: len(e.input_ids))
+    sums = TokenSums()
+    for i in range(0, len(shard), batch_size):
+        batch = {
+            k: v.to(accelerator.device)
+            for k, v in collate(shard[i : i + batch_size], pad_id).items()
+        }
+        decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
+        with torch.no_grad(), accelerator.autocast():
+            logits = model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                decoder_input_ids=decoder_input_ids,
+            ).logits  # (B, T, V)
+        sums.add(token_sums(logits, batch["labels"], batch["tags"]))
+    total = TokenSums()
+    for part in _gather(accelerator, [sums]):
+        total.add(part)
+    return total
+
+
+def generate(model, tok, texts: list[str], cfg, accelerator) -> list[str]:
+    """Generated strings for `texts` (sharded across processes, order restored)."""
+    rank, world = accelerator.process_index, accelerator.num_processes
+    mine = sorted(range(rank, len(texts), world), key=lambda i: len(texts[i]))
+    out: list[tuple[int, str]] = []
+    bs = cfg.eval_batch_size
+    for start in range(0, len(mine), bs):
+        idx = mine[start : start + bs]
+        enc = tok(
+            [texts[i] for i in idx],
+            truncation=True,
+            max_length=cfg.max_source_len,
+            padding=True,
+            return_tensors="pt",
+        ).to(accelerator.device)
+        with torch.no_grad(), accelerator.autocast():
+            ids = model.generate(
+                input_ids=enc["input_ids"],
+                attention_mask=enc["attention_mask"],
+                max_new_tokens=cfg.generation.max_new_tokens,
+                num_beams=cfg.generation.num_beams,
+            )
+        out += zip(idx, tok.batch_decode(ids, skip_special_tokens=True), strict=True)
+    return [text for _, text in sorted(_gather(accelerator, out))]
+
+
+def score(
+    task: TaskConfig,
+    records: list[dict[str, Any]],
+    outputs: list[str],
+    explanations: list[str] | None = None,
+) -> dict[str, float | None]:
+    """Accuracy, coverage, BLEU (or ROUGE-L) of generated outputs against the records."""
+    import sacrebleu
+
+    if task.type == "summarization":
+        from rouge_score import rouge_scorer
+
+        scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+        refs = [str(r[task.target_field]) for r in records]
+        f1 = [
+            scorer.score(ref, out)["rougeL"].fmeasure
+            for ref, out in zip(refs, outputs, strict=True)
+        ]
+        return {
+            "eval_accuracy": None,
+            "eval_coverage": None,
+            "eval_bleu": None,
+            "eval_rougeL": sum(f1) / len(f1),
+        }
+    parsed = [parse_output(task, text) for text in outputs]
+    gold = [normalise_label(str(r.get(task.label_field, "")), task.labels) for r in records]
+    correct = sum(p.label is not None and p.label == g for p, g in zip(parsed, gold, strict=True))
+    metrics: dict[str, float | None] = {
+        "eval_accuracy": correct / len(records),
+        "eval_coverage": sum(p.label is not None for p in parsed) / len(records),
+        "eval_bleu": None,
+    }
+    if task.needs_rationale:
+        hyps = explanations if explanations is not None else [p.rationale or "" for p in parsed]
+        refs = [" ".join(str(r.get(task.rationale_field) or "").split()) for r in records]
+        metrics["eval_bleu"] = sacrebleu.corpus_bleu(hyps, [refs]).score
+    return metrics
+
+
+def evaluate(
+    model,
+    tok,
+    task: TaskConfig,
+    records: list[dict[str, Any]],
+    dev: list[Encoded],
+    weights,
+    cfg,
+    accelerator,
+) -> dict[str, float | None]:
+    """Everything one evaluation logs: eval loss (and both terms) and generated-text metrics."""
+    was_training = model.training
+    model.eval()
+    sums = dev_loss(model, dev, tok.pad_token_id, cfg.eval_batch_size, accelerator)
+    total, lab, rat = sums.terms(weights)
+    outputs = generate(model, tok, [inference_input(task, r) for r in records], cfg, accelerator)
+    explanations = None
+    if task.format == "multitask":
+        explanations = generate(
+            model, tok, [explain_input(task, r) for r in records], cfg, accelerator
+        )
+    metrics = {"eval_loss": total, "eval_loss_label": lab, "eval_loss_rationale": rat}
+    metrics.update(score(task, records, outputs, explanations))
+    model.train(was_training)
+    return metrics

@@ -1,0 +1,130 @@
+"""The grid: learning rates x splits (+ a `label`-format baseline) x seeds, run one after
+another into one output dir, then one results table (results.json + results.md).
+
+A configuration whose DONE exists is skipped on rerun; one killed part way resumes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from protege.config import save_config
+from protege.data.io import atomic_write_text, write_json
+from protege.train.config import TrainConfig
+
+
+@dataclass
+class GridPoint:
+    """One configuration of the grid."""
+
+    id: str
+    cfg: TrainConfig
+    baseline: bool
+
+
+def format_lr(lr: float) -> str:
+    """6e-4, 1.2e-3: short and readable in directory names."""
+    mantissa, exponent = f"{lr:.6e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def format_split(split: list[float]) -> str:
+    return "-".join(f"{x:g}" for x in split)
+
+
+def expand_grid(cfg: TrainConfig) -> list[GridPoint]:
+    """Every configuration of `cfg.grid` (or just `cfg` when the grid is empty), in run order."""
+    lrs = cfg.grid.learning_rates or [cfg.lr]
+    splits = cfg.grid.splits or [cfg.split]
+    seeds = cfg.grid.seeds or [cfg.seed]
+    has_split = cfg.task.format != "label"
+    points = []
+    for seed in seeds:
+        for lr in lrs:
+            if cfg.grid.baseline and has_split:
+                c = _variant(cfg, lr=lr, seed=seed)
+                c.task.format = "label"
+                points.append(GridPoint(f"baseline_lr{format_lr(lr)}_seed{seed}", c, True))
+            for split in splits if has_split else [cfg.split]:
+                c = _variant(cfg, lr=lr, seed=seed, split=list(split))
+                name = f"_split{format_split(split)}" if has_split else ""
+                points.append(
+                    GridPoint(
+                        f"lr{format_lr(lr)}{name}_seed{seed}",
+                        c,
+                        not has_split and cfg.grid.baseline,
+                    )
+                )
+    return points
+
+
+def _variant(cfg: TrainConfig, **changes: Any) -> TrainConfig:
+    c = copy.deepcopy(cfg)
+    for key, value in changes.items():
+        setattr(c, key, value)
+    return c
+
+
+def run_grid(cfg: TrainConfig) -> Path:
+    """Run every configuration (skipping finished ones), then write the results table."""
+    from protege.train.trainer import make_accelerator, train_one
+
+    out = Path(cfg.output_dir)
+    accelerator = make_accelerator(cfg.mixed_precision)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "train_config.yaml")
+    results = []
+    for point in expand_grid(cfg):
+        run_dir = out / point.id
+        if (run_dir / "DONE").exists() and (run_dir / "result.json").exists():
+            if accelerator.is_main_process:
+                print(f"[{point.id}] already done, skipping")
+            results.append(json.loads((run_dir / "result.json").read_text()))
+            continue
+        results.append(train_one(point.cfg, run_dir, point.id, accelerator, point.baseline))
+    if accelerator.is_main_process:
+        write_json(out / "results.json", results)
+        atomic_write_text(out / "results.md", results_markdown(results))
+        print(results_markdown(results))
+    accelerator.wait_for_everyone()
+    return out
+
+
+def _fmt(value: Any, pct: bool = False) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{100 * value:.1f}" if pct else f"{value:.3f}"
+    return str(value)
+
+
+def results_markdown(results: list[dict[str, Any]]) -> str:
+    """One row per configuration: the best-loss and best-accuracy checkpoints on dev."""
+    summ = any(r["best"]["accuracy"] and "eval_rougeL" in r["best"]["accuracy"] for r in results)
+    metric = "ROUGE-L" if summ else "acc %"
+    key = "eval_rougeL" if summ else "eval_accuracy"
+    lines = [
+        f"| id | format | lr | split | seed | steps | best-loss step | eval loss | {metric} @loss "
+        f"| best-acc step | {metric} | coverage % | BLEU |",
+        "|" + " --- |" * 13,
+    ]
+    for r in results:
+        lo, ac = r["best"]["loss"] or {}, r["best"]["accuracy"] or {}
+        split = format_split(r["split"]) if r["split"] else "-"
+        lines.append(
+            f"| {r['id']} | {r['format']} | {format_lr(r['lr'])} | {split} | {r['seed']} "
+            f"| {r['steps']}{' (early stop)' if r.get('early_stopped') else ''} "
+            f"| {_fmt(lo.get('step'))} | {_fmt(lo.get('eval_loss'))} | {_fmt(lo.get(key), not summ)} "
+            f"| {_fmt(ac.get('step'))} | {_fmt(ac.get(key), not summ)} "
+            f"| {_fmt(ac.get('eval_coverage'), True)} | {_fmt(ac.get('eval_bleu'))} |"
+        )
+    note = (
+        "\nDev split only (the test split is never used here). Accuracy counts malformed outputs "
+        "as wrong; BLEU is sacrebleu corpus BLEU of generated vs teacher rationales.\n"
+    )
+    return "\n".join(lines) + "\n" + note

@@ -1,0 +1,289 @@
+"""The training loop for one configuration, readable top to bottom.
+
+Plain PyTorch with `accelerate` for the device, DDP (`accelerate launch`), bf16 autocast on a
+GPU. Gradient accumulation is done by hand (no_sync on all but the last micro-batch) so the
+loop stays explicit. Dev evaluation `evals_per_epoch` times per epoch; after each, the
+history is written, the best-loss / best-accuracy checkpoints are replaced when beaten, and a
+resumable `last/` is saved. DONE is written last: its existence means the run finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from protege.config import to_dict
+from protege.data.io import atomic_write_text, iter_jsonl, write_json
+from protege.student import load_student
+from protege.train import checkpoint
+from protege.train.config import TrainConfig
+from protege.train.data import (
+    collate,
+    data_fingerprint,
+    encode,
+    length_grouped_batches,
+    load_examples,
+)
+from protege.train.dev_eval import evaluate
+from protege.train.loss import split_loss
+
+
+def set_seed(seed: int) -> None:
+    """The one place that seeds random, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_accelerator(mixed_precision: str = "auto"):
+    from accelerate import Accelerator
+
+    if mixed_precision == "auto":
+        gpu = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        mixed_precision = "bf16" if gpu else "no"
+    return Accelerator(mixed_precision=mixed_precision)
+
+
+def linear_schedule(optimizer, warmup_steps: int, total_steps: int):
+    """Linear warm-up to the peak lr, then linear decay to zero at `total_steps`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def local_batches(lengths, cfg: TrainConfig, epoch: int, rank: int, world: int) -> list[list[int]]:
+    """This process's batches of one epoch: the same global order everywhere, dealt round-robin
+    (trimmed to a multiple of the world size so every process takes the same number of steps)."""
+    batches = length_grouped_batches(lengths, cfg.batch_size, cfg.seed, epoch, cfg.mega_batch)
+    batches = batches[: len(batches) // world * world] or batches[:world]
+    return batches[rank::world]
+
+
+def train_step(model, optimizer, scheduler, micro_batches, weights, accelerator, max_grad_norm):
+    """One optimizer step over `micro_batches` (gradient accumulation). Returns mean terms and
+    the real target tokens seen."""
+    unwrapped = accelerator.unwrap_model(model)
+    totals = torch.zeros(3)
+    tokens = 0
+    for i, batch in enumerate(micro_batches):
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        decoder_input_ids = unwrapped.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
+        last = i == len(micro_batches) - 1
+        with contextlib.nullcontext() if last else accelerator.no_sync(model):
+            logits = model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                decoder_input_ids=decoder_input_ids,
+            ).logits  # (B, T, V)
+            terms = split_loss(logits, batch["labels"], batch["tags"], weights)
+            accelerator.backward(terms.total / len(micro_batches))
+        totals += torch.stack([terms.total, terms.label, terms.rationale]).detach().float().cpu()
+        tokens += int((batch["tags"] > 0).sum())
+    if max_grad_norm:
+        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return (totals / len(micro_batches)).tolist(), tokens
+
+
+def train_one(
+    cfg: TrainConfig, out: Path, run_id: str, accelerator, baseline: bool = False
+) -> dict[str, Any]:
+    """Train one configuration into `out`; resumes from `out/last` when it exists."""
+    from tqdm.auto import tqdm
+
+    main = accelerator.is_main_process
+    task = cfg.task
+    set_seed(cfg.seed)
+    with accelerator.main_process_first():  # builds protege: models once, not per process
+        model, tok = load_student(cfg.model)
+    train = load_examples(cfg.train_data, task, cfg.max_train_rows)
+    dev = load_examples(cfg.dev_data, task, cfg.max_dev_rows)
+    train_enc = encode(train.examples, tok, cfg.max_source_len, cfg.max_target_len)
+    dev_enc = encode(dev.examples, tok, cfg.max_source_len, cfg.max_target_len)
+    weights = None if task.format == "label" else (cfg.split[0], cfg.split[1])
+    lengths = [len(e.input_ids) + len(e.target_ids) for e in train_enc]
+    rank, world = accelerator.process_index, accelerator.num_processes
+
+    n_local = len(local_batches(lengths, cfg, 0, rank, world))
+    steps_per_epoch = math.ceil(n_local / cfg.grad_accum)
+    total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
+    eval_every = max(1, steps_per_epoch // cfg.evals_per_epoch)
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+    )
+    scheduler = linear_schedule(optimizer, cfg.warmup_steps, total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)  # stepped once per optimizer step, by us
+    unwrapped = accelerator.unwrap_model(model)
+
+    meta_base = {
+        "run_id": run_id,
+        "config": to_dict(cfg),
+        "seed": cfg.seed,
+        "data_fingerprint": data_fingerprint(
+            cfg.train_data, cfg.dev_data, max_rows=cfg.max_train_rows
+        ),
+        "versions": checkpoint.library_versions(),
+        "data": {"train": train.counts(), "dev": dev.counts()},
+    }
+    history_path = out / "history.jsonl"
+    state = checkpoint.load_last(accelerator, out / "last") or {"step": 0, "epoch": 0, "pos": 0}
+    history = (
+        [h for h in iter_jsonl(history_path) if h["step"] <= state["step"]] if state["step"] else []
+    )
+    for h in history:
+        h.pop("_line", None)
+    step, epoch, pos = state["step"], state["epoch"], state["pos"]
+    if main and step:
+        print(f"[{run_id}] resuming from step {step} (epoch {epoch}, batch {pos})")
+
+    acc_key = "eval_rougeL" if task.type == "summarization" else "eval_accuracy"
+    window = {"loss": [], "label": [], "rationale": [], "tokens": 0, "t0": time.perf_counter()}
+    stopped_early = False
+    bar = tqdm(total=total_steps, initial=step, desc=run_id, disable=not main, dynamic_ncols=True)
+    model.train()
+    while step < total_steps and not stopped_early:
+        batches = local_batches(lengths, cfg, epoch, rank, world)
+        chunks = [batches[i : i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
+        start = pos
+        for pos in range(start, len(chunks)):  # noqa: B007 (pos is saved in last/)
+            micro = [collate([train_enc[i] for i in b], tok.pad_token_id) for b in chunks[pos]]
+            (loss, lab, rat), tokens = train_step(
+                model, optimizer, scheduler, micro, weights, accelerator, cfg.max_grad_norm
+            )
+            step += 1
+            (
+                window["loss"].append(loss),
+                window["label"].append(lab),
+                window["rationale"].append(rat),
+            )
+            window["tokens"] += tokens
+            tps = window["tokens"] * world / max(1e-9, time.perf_counter() - window["t0"])
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{loss:.3f}", label=f"{lab:.3f}", rat=f"{rat:.3f}", tok_s=f"{tps:.0f}"
+            )
+            if step % eval_every and step != total_steps:
+                continue
+            # ---- evaluate, log, checkpoint ----
+            elapsed = time.perf_counter() - window["t0"]
+            tokens_all = int(
+                accelerator.reduce(torch.tensor(window["tokens"], device=accelerator.device), "sum")
+            )
+            entry = {
+                "step": step,
+                "epoch": round(step / steps_per_epoch, 4),
+                **evaluate(unwrapped, tok, task, dev.records, dev_enc, weights, cfg, accelerator),
+                "train_loss": float(np.mean(window["loss"])),
+                "train_loss_label": float(np.mean(window["label"])),
+                "train_loss_rationale": float(np.mean(window["rationale"])),
+                "lr": scheduler.get_last_lr()[0],
+                "tokens_per_s": tokens_all / max(1e-9, elapsed),
+            }
+            history.append(entry)
+            if main:
+                atomic_write_text(history_path, "".join(_json_line(h) for h in history))
+                meta = {**meta_base, "step": step, "epoch": entry["epoch"], "metrics": entry}
+                if checkpoint.select_best(history, "eval_loss", False) is entry:
+                    checkpoint.save_model_dir(unwrapped, tok, task, meta, out / "best-loss")
+                if checkpoint.select_best(history, acc_key, True) is entry:
+                    checkpoint.save_model_dir(unwrapped, tok, task, meta, out / "best-accuracy")
+                bar.write(
+                    f"[{run_id}] step {step}: "
+                    + ", ".join(
+                        f"{k}={v:.4g}"
+                        for k, v in entry.items()
+                        if k.startswith("eval") and v is not None
+                    )
+                )
+            checkpoint.save_last(
+                accelerator, {"step": step, "epoch": epoch, "pos": pos + 1}, out / "last"
+            )
+            window = {
+                "loss": [],
+                "label": [],
+                "rationale": [],
+                "tokens": 0,
+                "t0": time.perf_counter(),
+            }
+            if checkpoint.should_stop(history, cfg.patience):
+                stopped_early = True
+            if stopped_early or step >= total_steps:
+                break
+        else:
+            epoch, pos = epoch + 1, 0
+    bar.close()
+
+    result = _result_entry(cfg, run_id, baseline, history, acc_key, stopped_early, step, train, dev)
+    if main:
+        write_json(out / "result.json", result)
+        atomic_write_text(out / "DONE", f"finished at step {step}\n")
+        shutil.rmtree(out / "last", ignore_errors=True)  # resume state only; the run is done
+    accelerator.wait_for_everyone()
+    accelerator.free_memory()
+    return result
+
+
+def _json_line(obj: dict) -> str:
+    import json
+
+    return json.dumps(obj) + "\n"
+
+
+def _result_entry(
+    cfg, run_id, baseline, history, acc_key, stopped_early, step, train, dev
+) -> dict[str, Any]:
+    def best(key: str, higher: bool, dirname: str) -> dict | None:
+        h = checkpoint.select_best(history, key, higher)
+        if h is None:
+            return None
+        keep = (
+            "step",
+            "epoch",
+            "eval_loss",
+            "eval_accuracy",
+            "eval_coverage",
+            "eval_bleu",
+            "eval_rougeL",
+        )
+        return {**{k: h.get(k) for k in keep if k in h}, "path": f"{run_id}/{dirname}"}
+
+    return {
+        "id": run_id,
+        "model": cfg.model,
+        "format": cfg.task.format,
+        "lr": cfg.lr,
+        "split": list(cfg.split) if cfg.task.format != "label" else None,
+        "seed": cfg.seed,
+        "baseline": baseline,
+        "status": "done",
+        "early_stopped": stopped_early,
+        "steps": step,
+        "best": {
+            "loss": best("eval_loss", False, "best-loss"),
+            "accuracy": best(acc_key, True, "best-accuracy"),
+        },
+        "history": f"{run_id}/history.jsonl",
+        "data": {"train": train.counts(), "dev": dev.counts()},
+    }
