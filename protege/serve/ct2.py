@@ -1,0 +1,151 @@
+"""CTranslate2 export of a student, and a predictor backend over `ctranslate2.Translator`.
+
+The converter handles T5 and BART students; transformers' `EncoderDecoderModel` (the BERT2BERT
+MiniLM student) has no CTranslate2 loader, so exporting it is a clear error, not a crash deep
+inside the converter. An export dir is self-contained: the CTranslate2 model, the tokenizer,
+`protege_task.json` and `protege_ct2.json` (what it was exported from, and how).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from protege.data.io import write_json
+from protege.errors import ProtegeError
+from protege.formats import TASK_FILE
+from protege.serve.predictor import CT2_MARKER, Predictor
+from protege.serve.scoring import eos_id
+
+SUPPORTED = ("t5", "mt5", "bart", "mbart")
+QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int16", "float16", "bfloat16", "float32")
+
+
+def _ct2():
+    try:
+        import ctranslate2
+    except ImportError as e:
+        raise ProtegeError(
+            "CTranslate2 export needs ctranslate2: pip install 'protege[ct2]'"
+        ) from e
+    return ctranslate2
+
+
+def model_type(model_dir: str | Path) -> str:
+    config = Path(model_dir) / "config.json"
+    if not config.exists():
+        raise ProtegeError(f"{model_dir}: not a model directory (no config.json)")
+    return str(json.loads(config.read_text()).get("model_type", "unknown"))
+
+
+def export_ct2(
+    model_dir: str | Path, output: str | Path | None = None, quantization: str = "int8"
+) -> Path:
+    """Convert a T5/BART student dir to CTranslate2; returns the export dir.
+
+    Written to a temp dir and renamed, so a half-written export never exists; an existing
+    export is an error rather than something silently replaced.
+    """
+    from protege.student import load_tokenizer
+
+    ctranslate2 = _ct2()
+    model_dir = Path(model_dir)
+    if not (model_dir / TASK_FILE).exists():
+        raise ProtegeError(f"{model_dir}: not a protege model directory (no {TASK_FILE})")
+    kind = model_type(model_dir)
+    if kind not in SUPPORTED:
+        raise ProtegeError(
+            f"{model_dir}: CTranslate2 export supports T5 and BART students, not {kind!r}"
+            + (
+                " (EncoderDecoderModel/BERT2BERT has no converter)"
+                if kind == "encoder-decoder"
+                else ""
+            )
+        )
+    if quantization not in QUANTIZATIONS:
+        raise ProtegeError(f"unknown quantization {quantization!r} ({', '.join(QUANTIZATIONS)})")
+    out = Path(output) if output else model_dir.parent / f"{model_dir.name}-ct2-{quantization}"
+    if out.exists():
+        raise ProtegeError(f"{out}: already exists (remove it or pass --output)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        ctranslate2.converters.TransformersConverter(str(model_dir)).convert(
+            str(tmp / "ct2"), quantization=quantization, force=True
+        )
+        for item in (tmp / "ct2").iterdir():
+            item.rename(tmp / item.name)
+        (tmp / "ct2").rmdir()
+        tok = load_tokenizer(model_dir)
+        config = json.loads((tmp / "config.json").read_text())
+        if config.get("eos_token") is None:  # BERT tokenizers have [SEP], not eos
+            config["eos_token"] = tok.convert_ids_to_tokens(eos_id(tok))
+            write_json(tmp / "config.json", config)
+        tok.save_pretrained(tmp)
+        shutil.copy(model_dir / TASK_FILE, tmp / TASK_FILE)
+        write_json(
+            tmp / CT2_MARKER,
+            {"source": str(model_dir.resolve()), "model_type": kind, "quantization": quantization},
+        )
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+class CT2Backend:
+    """`ctranslate2.Translator` behind the predictor's backend interface."""
+
+    def __init__(self, export_dir: str | Path, device: str = "cpu", max_source_len: int = 512):
+        from protege.student import load_tokenizer
+
+        ctranslate2 = _ct2()
+        self.tok = load_tokenizer(export_dir)
+        self.translator = ctranslate2.Translator(str(export_dir), device=device)
+        self.max_source_len = max_source_len
+        self.eos = eos_id(self.tok)
+
+    def _tokens(self, sources: list[str]) -> list[list[str]]:
+        ids = self.tok(sources, truncation=True, max_length=self.max_source_len).input_ids
+        return [self.tok.convert_ids_to_tokens(x) for x in ids]
+
+    def token_logprobs(
+        self, sources: list[str], candidates: list[list[int]]
+    ) -> list[list[list[float]]]:
+        # score_batch always appends eos to the target; drop ours, and cut at our length.
+        targets = [
+            self.tok.convert_ids_to_tokens(c[:-1] if c[-1] == self.eos else c) for c in candidates
+        ]
+        src = self._tokens(sources)
+        k = len(candidates)
+        results = self.translator.score_batch(
+            [s for s in src for _ in range(k)], [t for _ in src for t in targets]
+        )
+        lps = [r.log_probs for r in results]
+        return [
+            [lps[i * k + j][: len(c)] for j, c in enumerate(candidates)] for i in range(len(src))
+        ]
+
+    def generate(self, sources: list[str], max_new_tokens: int) -> list[str]:
+        results = self.translator.translate_batch(
+            self._tokens(sources), beam_size=1, max_decoding_length=max_new_tokens
+        )
+        ids = [self.tok.convert_tokens_to_ids(r.hypotheses[0]) for r in results]
+        return self.tok.batch_decode(ids, skip_special_tokens=True)
+
+
+def match_rate(
+    reference: Predictor, other: Predictor, inputs: list[dict[str, Any] | str], fast: bool = True
+) -> dict[str, Any]:
+    """How often two predictors (PyTorch vs its export) give the same label on `inputs`."""
+    a = reference.predict(inputs, fast=fast)
+    b = other.predict(inputs, fast=fast)
+    same = sum(
+        x.get("label") == y.get("label") and x.get("text") == y.get("text")
+        for x, y in zip(a, b, strict=True)
+    )
+    return {"n": len(inputs), "matches": same, "match_rate": same / len(inputs) if inputs else None}

@@ -1,0 +1,234 @@
+"""Predict with a student model dir: records or strings in, `{label, rationale?, text}` out.
+
+For classification without rationales the fast path scores the closed label set
+(`protege.serve.scoring`); everything else generates greedily and parses the text with
+`protege.formats.parse_output`. The model runs behind a small backend interface with two
+implementations: PyTorch (`TorchBackend`) and CTranslate2 (`protege.serve.ct2.CT2Backend`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Protocol
+
+from protege.errors import ProtegeError
+from protege.formats import (
+    PREDICT_PREFIX,
+    Parsed,
+    TaskConfig,
+    explain_input,
+    inference_input,
+    load_task,
+    parse_output,
+)
+from protege.serve.scoring import Candidates, Rule, choose, sequence_score, supports_scoring
+
+CT2_MARKER = "protege_ct2.json"
+
+
+class Backend(Protocol):
+    """What a predictor needs from a model runtime."""
+
+    tok: Any
+
+    def token_logprobs(
+        self, sources: list[str], candidates: list[list[int]]
+    ) -> list[list[list[float]]]:
+        """`[input][candidate][t]`: log p(candidate token t | its prefix, input)."""
+        ...
+
+    def generate(self, sources: list[str], max_new_tokens: int) -> list[str]:
+        """Greedy decoding, special tokens removed."""
+        ...
+
+
+class TorchBackend:
+    """Hugging Face seq2seq model in PyTorch (T5, BART, EncoderDecoderModel)."""
+
+    def __init__(self, model_dir: str | Path, device: str = "cpu", max_source_len: int = 512):
+        import torch
+
+        from protege.student import load_student
+
+        self.torch = torch
+        self.model, self.tok = load_student(model_dir)
+        self.model.to(device).eval()
+        self.device = device
+        self.max_source_len = max_source_len
+        cfg, gen = self.model.config, self.model.generation_config
+        self.start_id = gen.decoder_start_token_id
+        if self.start_id is None:
+            self.start_id = cfg.decoder_start_token_id
+        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+
+    def _encode(self, sources: list[str]):
+        enc = self.tok(
+            sources,
+            padding=True,
+            truncation=True,
+            max_length=self.max_source_len,
+            return_tensors="pt",
+        )
+        return {k: v.to(self.device) for k, v in enc.items()}
+
+    def token_logprobs(
+        self, sources: list[str], candidates: list[list[int]]
+    ) -> list[list[list[float]]]:
+        torch = self.torch
+        from transformers.modeling_outputs import BaseModelOutput
+
+        with torch.inference_mode():
+            enc = self._encode(sources)
+            hidden = self.model.get_encoder()(**enc).last_hidden_state  # (B, S, H)
+            b, k = hidden.shape[0], len(candidates)
+            t = max(len(c) for c in candidates)
+            # Teacher forcing: decoder input is [start] + candidate[:-1], right-padded.
+            dec = torch.full((k, t), self.pad_id, dtype=torch.long)
+            target = torch.zeros((k, t), dtype=torch.long)
+            mask = torch.zeros((k, t), dtype=torch.long)
+            for i, c in enumerate(candidates):
+                dec[i, : len(c)] = torch.tensor([self.start_id] + c[:-1])
+                target[i, : len(c)] = torch.tensor(c)
+                mask[i, : len(c)] = 1
+            out = self.model(
+                encoder_outputs=BaseModelOutput(last_hidden_state=hidden.repeat_interleave(k, 0)),
+                attention_mask=enc["attention_mask"].repeat_interleave(k, 0),
+                decoder_input_ids=dec.repeat(b, 1).to(self.device),
+                decoder_attention_mask=mask.repeat(b, 1).to(self.device),
+            )
+            logits = out.logits.float()  # (B*K, T, V)
+            idx = target.repeat(b, 1).to(self.device)[..., None]
+            lp = (logits.gather(-1, idx).squeeze(-1) - logits.logsumexp(-1)).view(b, k, t)
+            lp = lp.cpu().tolist()
+        return [[row[i][: len(c)] for i, c in enumerate(candidates)] for row in lp]
+
+    def generate(self, sources: list[str], max_new_tokens: int) -> list[str]:
+        with self.torch.inference_mode():
+            enc = self._encode(sources)
+            out = self.model.generate(
+                **enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1
+            )
+        return self.tok.batch_decode(out, skip_special_tokens=True)
+
+
+def parse(task: TaskConfig, text: str) -> Parsed:
+    """`parse_output`, tolerant of uncased tokenizers that decode `Explanation:` as
+    `explanation :` (the MiniLM/BERT tokenizer lowercases and splits punctuation)."""
+    parsed = parse_output(task, text)
+    if parsed.label is None and task.type == "classification":
+        for name in (task.rationale_name, "Answer"):
+            text = re.sub(rf"\s*\b{re.escape(name)}\s*:", f" {name}:", text, flags=re.I)
+        parsed = parse_output(task, text.strip())
+        parsed.text = text.strip()
+    return parsed
+
+
+class Predictor:
+    """A loaded student: `predict(inputs, with_rationale=False)`, batched."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        task: TaskConfig,
+        batch_size: int = 32,
+        max_new_tokens: int = 128,
+        rule: Rule = "greedy",
+    ):
+        self.backend, self.task = backend, task
+        self.batch_size, self.max_new_tokens, self.rule = batch_size, max_new_tokens, rule
+        self.candidates = (
+            Candidates.for_task(task, backend.tok) if task.type == "classification" else None
+        )
+
+    @classmethod
+    def load(cls, model_dir: str | Path, device: str = "cpu", **kw: Any) -> Predictor:
+        """A PyTorch model dir, or a CTranslate2 export (`protege export`)."""
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise ProtegeError(f"{model_dir}: no such model directory")
+        task = load_task(model_dir)
+        if (model_dir / CT2_MARKER).exists():
+            from protege.serve.ct2 import CT2Backend
+
+            backend: Backend = CT2Backend(model_dir, device=device)
+        else:
+            backend = TorchBackend(model_dir, device=device)
+        return cls(backend, task, **kw)
+
+    def source(self, item: dict[str, Any] | str, source: str = "input") -> str:
+        """The encoder input for a record (rendered with the task template) or a raw string."""
+        if isinstance(item, dict):
+            return inference_input(self.task, item, source)
+        if self.task.format == "multitask" and not item.startswith(PREDICT_PREFIX):
+            return PREDICT_PREFIX + item
+        return item
+
+    def label_budget(self) -> int:
+        """New tokens enough for a label and its end marker (generation without rationale)."""
+        assert self.candidates is not None
+        return self.candidates.max_len + 2
+
+    def predict(
+        self, inputs: list[dict[str, Any] | str], with_rationale: bool = False, fast: bool = True
+    ) -> list[dict[str, Any]]:
+        sources = [self.source(x) for x in inputs]
+        out: list[dict[str, Any]] = []
+        for i in range(0, len(sources), self.batch_size):
+            out += self._predict_batch(
+                inputs[i : i + self.batch_size],
+                sources[i : i + self.batch_size],
+                with_rationale,
+                fast,
+            )
+        return out
+
+    def _predict_batch(self, inputs, sources, with_rationale: bool, fast: bool) -> list[dict]:
+        task = self.task
+        if task.type == "summarization":
+            texts = self.backend.generate(sources, self.max_new_tokens)
+            return [{"text": t.strip()} for t in texts]
+        multitask = task.format == "multitask"
+        if fast and supports_scoring(task) and (not with_rationale or multitask):
+            preds = self.score(sources)
+        else:
+            budget = self.max_new_tokens if with_rationale else self.label_budget()
+            if task.format == "rationale+label":
+                budget = self.max_new_tokens
+            if multitask:
+                budget = self.label_budget()
+            preds = []
+            for text in self.backend.generate(sources, budget):
+                p = parse(task, text)
+                pred = {"label": p.label, "text": p.text}
+                if with_rationale and not multitask:
+                    pred["rationale"] = p.rationale
+                preds.append(pred)
+        if with_rationale and multitask:
+            explain = [
+                explain_input(task, x) if isinstance(x, dict) else "explain: " + _strip_predict(x)
+                for x in inputs
+            ]
+            for pred, text in zip(
+                preds, self.backend.generate(explain, self.max_new_tokens), strict=True
+            ):
+                pred["rationale"] = text.strip()
+        elif with_rationale and task.format == "label":
+            for pred in preds:
+                pred["rationale"] = None  # this student was trained without rationales
+        return preds
+
+    def score(self, sources: list[str]) -> list[dict[str, Any]]:
+        """The fast path: one label per input from the closed set, never malformed."""
+        assert self.candidates is not None
+        ids = self.candidates.ids
+        preds = []
+        for lps in self.backend.token_logprobs(sources, ids):
+            k = choose(ids, lps, self.rule)
+            label = self.candidates.labels[k]
+            preds.append({"label": label, "text": label, "score": sequence_score(lps[k])})
+        return preds
+
+
+def _strip_predict(text: str) -> str:
+    return text[len(PREDICT_PREFIX) :] if text.startswith(PREDICT_PREFIX) else text

@@ -1,0 +1,88 @@
+"""Closed-label-set scoring: pick a label by scoring each candidate instead of free generation.
+
+One encoder pass, one batched decoder pass over every (input, candidate) pair, no malformed
+outputs. A candidate is the label's display form tokenized exactly as the trainer builds
+targets (segment ids with `add_special_tokens=False`), followed by the token that ends the
+label span: eos for the `label` and `multitask` formats, the first token of the rationale
+connector (` Explanation:`) for `label+rationale`. `rationale+label` puts the label after the
+rationale, so scoring the label alone is not valid there: those students generate.
+
+Two rules turn per-token log-probs into a choice:
+
+- `greedy` (default): greedy decoding constrained to the candidates' token trie. If greedy
+  generation emits a candidate's tokens, each of them was the argmax of the full vocabulary,
+  hence also of the candidates' tokens, so this rule picks the same label whenever free
+  greedy generation produces a valid one, and never produces a malformed output otherwise.
+- `sum`: the candidate with the largest summed log-prob (the usual likelihood ranking).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from protege.formats import TaskConfig, display_label
+
+Rule = Literal["greedy", "sum"]
+
+
+def supports_scoring(task: TaskConfig) -> bool:
+    """Classification students whose label comes first in the target can be scored."""
+    return task.type == "classification" and task.format != "rationale+label"
+
+
+def eos_id(tok) -> int:
+    """The trainer's end-of-target id: eos, or [SEP] for BERT-style tokenizers."""
+    return tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
+
+
+@dataclass
+class Candidates:
+    """The token sequences scored for one task: `ids[k]` spells `labels[k]` plus its end."""
+
+    labels: list[str]
+    ids: list[list[int]]
+
+    @classmethod
+    def for_task(cls, task: TaskConfig, tok) -> Candidates:
+        if task.format == "label+rationale":
+            end = tok(f" {task.rationale_name}:", add_special_tokens=False).input_ids[0]
+        else:
+            end = eos_id(tok)
+        ids = [
+            tok(display_label(label), add_special_tokens=False).input_ids + [end]
+            for label in task.labels
+        ]
+        return cls(list(task.labels), ids)
+
+    @property
+    def max_len(self) -> int:
+        return max(len(c) for c in self.ids)
+
+
+def choose(ids: list[list[int]], logprobs: list[list[float]], rule: Rule = "greedy") -> int:
+    """Index of the chosen candidate given each candidate's per-token log-probs.
+
+    `logprobs[k][t]` is log p(ids[k][t] | ids[k][:t], input). Candidates sharing a prefix see
+    the same distribution at the next position, which is what makes the trie walk exact.
+    """
+    if rule == "sum":
+        totals = [sum(lp) for lp in logprobs]
+        return max(range(len(ids)), key=lambda k: totals[k])
+    alive = list(range(len(ids)))
+    t = 0
+    while len(alive) > 1:
+        # Candidates still alive share ids[:t]; pick the best next token among them.
+        steps = [k for k in alive if t < len(ids[k])]
+        if not steps:  # duplicates: identical sequences
+            return alive[0]
+        best = max(steps, key=lambda k: logprobs[k][t])
+        alive = [k for k in steps if ids[k][t] == ids[best][t]]
+        t += 1
+    return alive[0]
+
+
+def sequence_score(logprobs: list[float]) -> float:
+    """Probability of the whole candidate sequence (a confidence, not calibrated)."""
+    return math.exp(sum(logprobs))
