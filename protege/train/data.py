@@ -56,12 +56,14 @@ class DataSummary:
         }
 
 
-def load_examples(source: str, task: TaskConfig, max_rows: int | None = None) -> DataSummary:
+def load_examples(
+    source: str, task: TaskConfig, max_rows: int | None = None, split: str = "train"
+) -> DataSummary:
     """Read records and turn them into examples; flagged rows (teacher output that did not
     parse) are skipped and counted, as are rows without a rationale when the task says skip."""
     if not source:
         raise DataError("train config", "no data file given (train_data / dev_data)")
-    records = read_records(source)
+    records = read_records(source, split)  # split: only used for hub dataset names
     if max_rows is not None:
         records = records[:max_rows]
     summary = DataSummary(source=str(source))

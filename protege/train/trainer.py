@@ -111,7 +111,7 @@ def train_one(
     with accelerator.main_process_first():  # builds protege: models once, not per process
         model, tok = load_student(cfg.model)
     train = load_examples(cfg.train_data, task, cfg.max_train_rows)
-    dev = load_examples(cfg.dev_data, task, cfg.max_dev_rows)
+    dev = load_examples(cfg.dev_data, task, cfg.max_dev_rows, split="dev")
     train_enc = encode(train.examples, tok, cfg.max_source_len, cfg.max_target_len)
     dev_enc = encode(dev.examples, tok, cfg.max_source_len, cfg.max_target_len)
     weights = None if task.format == "label" else (cfg.split[0], cfg.split[1])
