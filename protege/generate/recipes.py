@@ -1,0 +1,119 @@
+"""Augmentation recipes: a Jinja prompt template shipped as a file, plus a parser.
+
+A template has a `user` block and optionally a `system` block; the text between the tags is
+the message, byte for byte (Paper A's prompts are verbatim). Templates see the record's
+fields, `input` (the record rendered with `input_template`), `labels`, `verb` (the gold label's
+verb, for `explain`) and `with_rationale`. A user's own template (a path) works the same way;
+its answer is kept as text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import jinja2.meta
+
+from protege.errors import ConfigError
+from protege.formats import normalise_label
+
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
+CONTEXT_VARS = {"input", "labels", "verb", "with_rationale"}
+
+
+@dataclass
+class Parsed:
+    """What a recipe reads out of one answer: fields to add, and a flag if it did not parse."""
+
+    fields: dict[str, Any]
+    flagged: str | None = None
+
+
+def parse_text(text: str, output_field: str, labels: list[str]) -> Parsed:
+    """Free text (a rationale, an article, a summary): kept whole; an empty answer is flagged."""
+    text = text.strip()
+    return Parsed({output_field: text}, None if text else "empty answer")
+
+
+def parse_label(text: str, output_field: str, labels: list[str]) -> Parsed:
+    """First line must be exactly a label of the set (case and punctuation aside); rest = reason."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    for prefix in ("label:", "answer:"):
+        if first.lower().startswith(prefix):
+            first = first[len(prefix) :].strip()
+    label = normalise_label(first.strip("*_` "), labels)
+    fields: dict[str, Any] = {output_field: label}
+    if len(lines) > 1:
+        fields[f"{output_field}_rationale"] = " ".join(lines[1:])
+    if label is None:
+        return Parsed(fields, f"answer {first[:60]!r} is not one of {', '.join(labels)}")
+    return Parsed(fields)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A prompt template and how to read its answers."""
+
+    name: str
+    path: Path
+    output_field: str
+    parse: Callable[[str, str, list[str]], Parsed] = parse_text
+    needs_label: bool = False
+    """The gold label conditions the prompt (`explain`): records must carry a known label."""
+
+
+RECIPES: dict[str, Recipe] = {
+    "5w": Recipe("5w", TEMPLATE_DIR / "5w.j2", "rationale"),
+    "explain": Recipe("explain", TEMPLATE_DIR / "explain.j2", "rationale", needs_label=True),
+    "label": Recipe("label", TEMPLATE_DIR / "label.j2", "label", parse=parse_label),
+    "reverse": Recipe("reverse", TEMPLATE_DIR / "reverse.j2", "article"),
+    "summarize": Recipe("summarize", TEMPLATE_DIR / "summarize.j2", "summary"),
+}
+
+
+def get_recipe(name_or_path: str) -> Recipe:
+    """A shipped recipe by name, or a user's template file (answers kept as text)."""
+    if name_or_path in RECIPES:
+        return RECIPES[name_or_path]
+    path = Path(name_or_path)
+    if path.suffix and path.exists():
+        return Recipe(path.stem, path, "teacher_output")
+    raise ConfigError(
+        f"recipe: {name_or_path!r} is neither a recipe ({', '.join(RECIPES)}) nor a template file"
+    )
+
+
+class Template:
+    """A loaded template: renders records to chat messages."""
+
+    def __init__(self, path: Path):
+        source = path.read_text(encoding="utf-8")
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+        try:
+            self.template = env.from_string(source)
+            ast = env.parse(source)
+        except jinja2.TemplateSyntaxError as e:
+            raise ConfigError(f"{path}:{e.lineno}: template error: {e.message}") from e
+        if "user" not in self.template.blocks:
+            raise ConfigError(f"{path}: a template needs a {{% block user %}}...{{% endblock %}}")
+        self.hash = hashlib.sha256(source.encode()).hexdigest()[:16]
+        self.variables = jinja2.meta.find_undeclared_variables(ast)
+        self.path = path
+
+    def record_fields(self) -> set[str]:
+        """Record fields the template reads directly."""
+        return self.variables - CONTEXT_VARS
+
+    def messages(self, context: dict[str, Any]) -> list[dict[str, str]]:
+        ctx = self.template.new_context(context)
+        out = []
+        for role in ("system", "user"):
+            block = self.template.blocks.get(role)
+            if block is not None:
+                out.append({"role": role, "content": "".join(block(ctx))})
+        return out

@@ -1,0 +1,60 @@
+"""Token estimates, prices and the budget that `--max-cost` enforces.
+
+The budget reserves each call's worst case before the call is sent (every prompt byte a token,
+plus `max_tokens` of answer) and settles to the real usage when the answer arrives, so spend can
+never pass the limit even with many calls in flight.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+MESSAGE_OVERHEAD = 4  # tokens the chat format adds per message (role, separators)
+REPLY_OVERHEAD = 3
+
+
+def prompt_bytes(messages: list[dict[str, str]]) -> int:
+    return sum(len(m["content"].encode()) for m in messages)
+
+
+def estimate_prompt_tokens(messages: list[dict[str, str]]) -> int:
+    """A typical BPE count (~4 characters a token), for `--dry-run` estimates."""
+    chars = sum(len(m["content"]) for m in messages)
+    return math.ceil(chars / 4) + MESSAGE_OVERHEAD * len(messages) + REPLY_OVERHEAD
+
+
+def worst_prompt_tokens(messages: list[dict[str, str]]) -> int:
+    """An upper bound: a byte-level BPE never makes more tokens than bytes."""
+    return prompt_bytes(messages) + MESSAGE_OVERHEAD * len(messages) + REPLY_OVERHEAD
+
+
+def call_cost(
+    prices: dict[str, dict[str, float]], model: str, input_tokens: int, output_tokens: int
+) -> float:
+    """Dollars for one call; a model without a price (a local server) costs nothing."""
+    price = prices.get(model)
+    if not price:
+        return 0.0
+    return (input_tokens * price.get("input", 0.0) + output_tokens * price.get("output", 0.0)) / 1e6
+
+
+@dataclass
+class Budget:
+    """Spend so far plus reservations for calls in flight, never above `limit`."""
+
+    limit: float | None
+    spent: float = 0.0
+    reserved: float = 0.0
+
+    def reserve(self, worst: float) -> bool:
+        """Reserve `worst` dollars for one call; False if that could pass the limit."""
+        if self.limit is not None and self.spent + self.reserved + worst > self.limit + 1e-12:
+            return False
+        self.reserved += worst
+        return True
+
+    def settle(self, worst: float, actual: float) -> None:
+        """The call finished: release its reservation and book what it really cost."""
+        self.reserved -= worst
+        self.spent += actual

@@ -1,0 +1,192 @@
+"""The teacher store: every request and answer in one SQLite database.
+
+Key = hash of the canonical request (model, messages, sampling parameters), so the same prompt
+to the same model with the same parameters is answered once, whoever asks (a live run, a replay,
+an import). WAL mode and one commit per answer: a SIGKILL at any moment loses at most the
+answers still in flight and never corrupts the file. The schema changes only through the
+ordered `MIGRATIONS` list; `PRAGMA user_version` says how many have run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from protege.paths import teacher_db_path
+
+
+def request_key(model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of a request: what identifies an answer."""
+    blob = json.dumps(
+        {"model": model, "messages": messages, "params": params},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _m001_responses(db: sqlite3.Connection) -> None:
+    db.execute(
+        """CREATE TABLE responses (
+            key TEXT PRIMARY KEY,
+            model TEXT NOT NULL,
+            request TEXT NOT NULL,
+            status TEXT NOT NULL,              -- ok | failed
+            text TEXT,
+            finish_reason TEXT,
+            input_tokens INTEGER,
+            output_tokens INTEGER,
+            cost_usd REAL NOT NULL DEFAULT 0,
+            latency_s REAL,
+            system_fingerprint TEXT,
+            error TEXT,
+            attempts INTEGER NOT NULL DEFAULT 1,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX responses_model ON responses(model)")
+
+
+def _m002_source(db: sqlite3.Connection) -> None:
+    # Where an answer came from: a live call, or `protege teacher import`.
+    db.execute("ALTER TABLE responses ADD COLUMN source TEXT NOT NULL DEFAULT 'live'")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_responses, _m002_source]
+
+
+@dataclass
+class Answer:
+    """One stored answer (status ok) or failure (status failed)."""
+
+    key: str
+    model: str
+    status: str
+    text: str | None = None
+    finish_reason: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost_usd: float = 0.0
+    latency_s: float | None = None
+    system_fingerprint: str | None = None
+    error: str | None = None
+    attempts: int = 1
+    created_at: float = 0.0
+    source: str = "live"
+
+
+_COLUMNS = (
+    "key, model, status, text, finish_reason, input_tokens, output_tokens, cost_usd, latency_s, "
+    "system_fingerprint, error, attempts, created_at, source"
+)
+
+
+class TeacherStore:
+    """A connection to the store. Use from one thread (the event loop's)."""
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path else teacher_db_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a commit survives a killed process (the OS holds it); only a power
+        # cut can drop the last commits, and it never corrupts the file.
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.migrate()
+
+    def migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        for i, step in enumerate(MIGRATIONS[version:], start=version + 1):
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                step(self.db)
+                self.db.execute(f"PRAGMA user_version={i}")
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> TeacherStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Answer]:
+        """Stored rows (ok or failed) for `keys`, looked up in chunks."""
+        keys = list(dict.fromkeys(keys))
+        found: dict[str, Answer] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT {_COLUMNS} FROM responses WHERE key IN ({marks})"
+            for row in self.db.execute(sql, chunk):
+                found[row[0]] = Answer(*row)
+        return found
+
+    def get(self, key: str) -> Answer | None:
+        return self.get_many([key]).get(key)
+
+    def put(self, answer: Answer, request: dict[str, Any]) -> None:
+        """Record one answer and commit at once. A failure never overwrites an ok answer."""
+        self.put_many([(answer, request)])
+
+    def put_many(self, items: list[tuple[Answer, dict[str, Any]]]) -> None:
+        """Record answers in one transaction (one commit for everything that arrived together)."""
+        now = time.time()
+        rows = [
+            (
+                a.key, a.model, json.dumps(req, ensure_ascii=False), a.status, a.text,
+                a.finish_reason, a.input_tokens, a.output_tokens, a.cost_usd, a.latency_s,
+                a.system_fingerprint, a.error, a.attempts, a.created_at or now, now, a.source,
+            )
+            for a, req in items
+        ]  # fmt: skip
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.executemany(
+                """INSERT INTO responses (key, model, request, status, text, finish_reason,
+                    input_tokens, output_tokens, cost_usd, latency_s, system_fingerprint, error,
+                    attempts, created_at, updated_at, source)
+                VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+                ON CONFLICT(key) DO UPDATE SET
+                    status=excluded.status, text=excluded.text,
+                    finish_reason=excluded.finish_reason, input_tokens=excluded.input_tokens,
+                    output_tokens=excluded.output_tokens,
+                    cost_usd=responses.cost_usd + excluded.cost_usd,
+                    latency_s=excluded.latency_s, system_fingerprint=excluded.system_fingerprint,
+                    error=excluded.error, attempts=responses.attempts + excluded.attempts,
+                    created_at=excluded.created_at, updated_at=excluded.updated_at,
+                    source=excluded.source
+                WHERE responses.status != 'ok'""",
+                rows,
+            )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Per model: calls, ok, failed, tokens, cost and mean latency of live answers."""
+        rows = self.db.execute(
+            """SELECT model, COUNT(*), SUM(status='ok'), SUM(status='failed'),
+                      COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0),
+                      COALESCE(SUM(cost_usd), 0), AVG(latency_s), SUM(source='import')
+               FROM responses GROUP BY model ORDER BY model"""
+        ).fetchall()
+        keys = (
+            "model", "calls", "ok", "failed", "input_tokens", "output_tokens", "cost_usd",
+            "mean_latency_s", "imported",
+        )  # fmt: skip
+        return [dict(zip(keys, row, strict=True)) for row in rows]
