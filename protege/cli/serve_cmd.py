@@ -1,3 +1,107 @@
-"""CLI commands (filled in by the stage that owns them)."""
+"""`protege predict`, `protege export`, `protege serve`: use a trained student."""
 
-COMMANDS: list = []
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("input_path", metavar="INPUT.jsonl", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--output", "-o", type=click.Path(dir_okay=False), help="Default: INPUT.predictions.jsonl"
+)
+@click.option("--rationale", is_flag=True, help="Also generate the rationale (slower).")
+@click.option("--batch-size", default=32, show_default=True, help="Inputs per model call.")
+@click.option(
+    "--fast/--generate",
+    default=True,
+    show_default=True,
+    help="Score the closed label set, or generate and parse.",
+)
+@click.option("--device", default="cpu", show_default=True)
+def predict(model_dir, input_path, output, rationale, batch_size, fast, device) -> None:
+    """Predict labels (and rationales) for every row of INPUT.jsonl with the student in MODEL_DIR.
+
+    Resumable: an interrupted run leaves OUT.partial, which the next run continues.
+    """
+    from protege.serve.batch import predict_file
+    from protege.serve.predictor import Predictor
+
+    predictor = Predictor.load(model_dir, device=device, batch_size=batch_size)
+    r = predict_file(predictor, input_path, output, with_rationale=rationale, fast=fast)
+    resumed = f", {r.n_resumed} resumed from a previous run" if r.n_resumed else ""
+    bad = f", {r.n_malformed} malformed" if r.n_malformed else ""
+    click.echo(f"wrote {r.n_rows} predictions to {r.output}{resumed}{bad}")
+
+
+@click.command()
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["ct2"]), default="ct2", show_default=True)
+@click.option("--quantization", default="int8", show_default=True)
+@click.option("--output", "-o", type=click.Path(), help="Default: MODEL_DIR-ct2-QUANTIZATION")
+@click.option(
+    "--check",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Records to compare the export's labels with the PyTorch model's.",
+)
+def export(model_dir, fmt, quantization, output, check) -> None:
+    """Export the student in MODEL_DIR to CTranslate2 (T5 and BART students)."""
+    from protege.serve.ct2 import export_ct2, match_rate
+
+    out = export_ct2(model_dir, output, quantization)
+    click.echo(f"exported {model_dir} to {out} ({fmt}, {quantization})")
+    if check:
+        from protege.data.io import read_records
+        from protege.serve.predictor import Predictor
+
+        m = match_rate(Predictor.load(model_dir), Predictor.load(out), read_records(check))
+        click.echo(
+            f"same prediction as PyTorch on {m['matches']}/{m['n']} rows ({m['match_rate']:.1%})"
+        )
+
+
+@click.command()
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+@click.option("--api-key", envvar="PROTEGE_API_KEY", help="Required unless bound to loopback.")
+@click.option("--max-batch-size", default=32, show_default=True)
+@click.option("--max-wait-ms", default=5.0, show_default=True)
+@click.option("--max-body-bytes", default=1_000_000, show_default=True)
+@click.option("--max-input-chars", default=10_000, show_default=True)
+@click.option("--fast/--generate", default=True, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+def serve(
+    model_dir,
+    host,
+    port,
+    api_key,
+    max_batch_size,
+    max_wait_ms,
+    max_body_bytes,
+    max_input_chars,
+    fast,
+    device,
+) -> None:
+    """Serve the student in MODEL_DIR over HTTP: POST /v1/predict, /healthz, /metrics."""
+    from protege.serve.predictor import Predictor
+    from protege.serve.server import ServeConfig, check_key_policy, serve
+
+    cfg = ServeConfig(
+        host=host,
+        port=port,
+        api_key=api_key,
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+        max_body_bytes=max_body_bytes,
+        max_input_chars=max_input_chars,
+        fast=fast,
+    )
+    check_key_policy(host, api_key)  # before loading the model
+    predictor = Predictor.load(model_dir, device=device, batch_size=max_batch_size)
+    click.echo(f"serving {model_dir} on http://{host}:{port} (Ctrl-C to stop)", err=True)
+    serve(predictor, cfg)
+
+
+COMMANDS = [predict, export, serve]
