@@ -55,7 +55,13 @@ def evaluate_model(
         )
         rationales = expl.texts
     metrics, rows = score_outputs(
-        task, records, gen.texts, rationales=rationales, n_tokens=gen.n_tokens, source=source
+        task,
+        records,
+        gen.texts,
+        rationales=rationales,
+        n_tokens=gen.n_tokens,
+        lowercase=is_uncased(tok),
+        source=source,
     )
     result = {
         "model_dir": str(model_dir),
@@ -69,6 +75,12 @@ def evaluate_model(
     if out_dir is not None:
         write_outputs(result, out_dir)
     return result
+
+
+def is_uncased(tok: Any) -> bool:
+    """True when the tokenizer lowercases (MiniLM/BERT uncased): its outputs cannot match a
+    cased reference, so BLEU is then computed case-insensitively (and says so)."""
+    return tok.decode(tok("Ab", add_special_tokens=False)["input_ids"]).strip() == "ab"
 
 
 def evaluate_teacher(

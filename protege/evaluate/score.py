@@ -3,12 +3,21 @@ teacher's zero-shot answers, so the two rows of a report are comparable by const
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from protege.errors import DataError
 from protege.evaluate import metrics as M
 from protege.evaluate.stats import bootstrap_ci, mean_ci
 from protege.formats import TaskConfig, normalise_label, parse_output
+
+
+def readable(task: TaskConfig, text: str) -> str:
+    """Undo what an uncased WordPiece decode does to the connectors (`explanation : ...`,
+    `answer : x`), so `parse_output` reads the offline MiniLM student like any other."""
+    for word in (task.rationale_name, "Answer"):
+        text = re.sub(rf"(^|\s){re.escape(word)}\s*:", rf"\g<1>{word}:", text, flags=re.I)
+    return text
 
 
 def headline(task: TaskConfig) -> str:
@@ -43,6 +52,7 @@ def score_outputs(
     preds: list[str | None] | None = None,
     rationales: list[str | None] | None = None,
     n_tokens: list[int] | None = None,
+    lowercase: bool = False,
     source: str = "test",
     seed: int = 0,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -50,6 +60,7 @@ def score_outputs(
 
     `preds`/`rationales` override what `parse_output` reads from `texts` (the teacher's answers
     come already parsed; a multitask student's rationales come from a second `explain:` pass).
+    `lowercase`: score BLEU case-insensitively (for students whose tokenizer is uncased).
     Every headline metric carries a bootstrap 95% interval (`<name>_ci`)."""
     if len(texts) != len(records):
         raise ValueError(f"{len(texts)} outputs for {len(records)} records")
@@ -78,7 +89,7 @@ def score_outputs(
 
     golds = gold_labels(task, records, source)
     if preds is None or (rationales is None and task.needs_rationale):
-        parsed = [parse_output(task, t) for t in texts]
+        parsed = [parse_output(task, readable(task, t)) for t in texts]
         preds = preds if preds is not None else [p.label for p in parsed]
         if rationales is None and task.needs_rationale:
             rationales = [p.rationale for p in parsed]
@@ -102,8 +113,11 @@ def score_outputs(
     if pairs:
         hyps = [h for _, h, _ in pairs]
         refs = [r for _, _, r in pairs]
+        if lowercase:
+            hyps, refs = [h.lower() for h in hyps], [r.lower() for r in refs]
         stats = M.bleu_sentence_stats(hyps, refs)
         out["bleu"] = M.bleu_from_stats(stats)
+        out["bleu_lowercased"] = lowercase
         out["bleu_ci"] = list(
             bootstrap_ci(len(stats), lambda idx: M.bleu_from_stats([stats[j] for j in idx]))
         )

@@ -1,0 +1,263 @@
+"""Report sections on the teacher side: Paper B's ROUGE table with the teacher row, the best
+student's per-class view, and cost and speed of student vs teacher."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from protege.report import plots
+from protege.report.model import Figure, Section, Table, ci, money, num, pct
+from protege.report.sections import RunFiles, dev_value
+
+
+def best_student(run: RunFiles) -> dict[str, Any] | None:
+    """The checkpoint with the best *dev* score (selection never looks at test)."""
+    scored = [(e, _dev(e, run)) for e in run.entries.values()]
+    scored = [(e, d) for e, d in scored if d is not None]
+    return max(scored, key=lambda x: x[1])[0] if scored else None
+
+
+def _dev(entry: dict[str, Any], run: RunFiles) -> float | None:
+    return dev_value(entry.get("dev"), run.metric)
+
+
+def rouge_section(run: RunFiles) -> Section:
+    s = Section("ROUGE table with the teacher row (Paper B, Table 2)")
+    if run.kind != "summarization":
+        s.empty = "This run is a classification task; ROUGE applies to summarization runs."
+        return s
+    if not run.summary:
+        s.empty = "No eval/summary.json: run `protege eval RUN_DIR` first."
+        return s
+    headers = [
+        "model",
+        "checkpoint",
+        "R1",
+        "R2",
+        "RL",
+        "RLsum",
+        "RL 95% CI",
+        "gen len (words)",
+        "gen len (tokens)",
+    ]
+    rows = []
+    for e in run.summary["models"]:
+        rows.append(_rouge_row(f"{e['model']} ({e['id']})", e["checkpoint"], e["test"]))
+    teacher = run.summary.get("teacher")
+    if teacher:
+        rows.append(
+            _rouge_row(
+                f"teacher zero-shot ({teacher.get('teacher_model') or '?'})",
+                "–",
+                teacher["metrics"],
+            )
+        )
+    s.tables.append(Table(headers, rows))
+    dec = run.summary["decoding"]
+    s.paragraphs.append(
+        f"F-measures ×100 with Porter stemming (rouge-score). RL is per-summary LCS (Paper B's "
+        f"RL); RLsum splits sentences onto lines (the T5 paper's). Student decoding: "
+        f"num_beams={dec['num_beams']}, max_new_tokens={dec['max_new_tokens']}. Generated "
+        f"length in whitespace words, and in student tokenizer tokens."
+    )
+    if not teacher:
+        s.paragraphs.append("No teacher row: generate/teacher-zeroshot.jsonl is absent.")
+    return s
+
+
+def _rouge_row(name: str, ckpt: str, m: dict[str, Any]) -> list[str]:
+    return [
+        name,
+        ckpt,
+        num(m.get("rouge1")),
+        num(m.get("rouge2")),
+        num(m.get("rougeL")),
+        num(m.get("rougeLsum")),
+        ci(m.get("rougeL_ci"), digits=2),
+        num(m.get("gen_len_words"), 1),
+        num(m.get("gen_len_tokens"), 1),
+    ]
+
+
+def best_model_section(run: RunFiles) -> Section:
+    s = Section("Best student (chosen on dev): per class")
+    best = best_student(run)
+    if run.kind != "classification":
+        s.empty = "Per-class precision/recall apply to classification runs."
+        return s
+    if best is None:
+        s.empty = "No evaluated checkpoint with a dev score (eval/summary.json)."
+        return s
+    m = best["test"]
+    s.paragraphs.append(
+        f"`{best['name']}`: test accuracy {pct(m['accuracy'])}% {ci(m['accuracy_ci'], 100)}, "
+        f"coverage {pct(m['coverage'])}%, macro-F1 {pct(m['macro_f1'])}."
+    )
+    s.tables.append(
+        Table(
+            ["class", "precision", "recall", "F1", "support"],
+            [
+                [c, pct(v["precision"]), pct(v["recall"]), pct(v["f1"]), str(v["support"])]
+                for c, v in m["per_class"].items()
+            ],
+        )
+    )
+    conf = m["confusion"]
+    s.tables.append(
+        Table(
+            ["gold \\ predicted", *conf["columns_pred"]],
+            [
+                [g, *(str(conf["counts"][g][c]) for c in conf["columns_pred"])]
+                for g in conf["rows_gold"]
+            ],
+            caption="Confusion matrix on test; malformed outputs get their own column.",
+        )
+    )
+    return s
+
+
+def generate_summaries(run_dir: Path) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (p.name, json.loads(p.read_text()))
+        for p in sorted((run_dir / "generate").glob("*.summary.json"))
+    ]
+
+
+def cost_section(run: RunFiles, hourly_price_usd: float | None) -> Section:
+    s = Section("Cost and speed")
+    gens = generate_summaries(run.run_dir)
+    if gens:
+        s.tables.append(
+            Table(
+                [
+                    "generate step",
+                    "teacher model",
+                    "calls",
+                    "cached",
+                    "failed",
+                    "input tokens",
+                    "output tokens",
+                    "cost",
+                    "mean latency (s)",
+                ],
+                [
+                    [
+                        name,
+                        str(g.get("model", "–")),
+                        str(g.get("n_calls", "–")),
+                        str(g.get("n_cached", "–")),
+                        str(g.get("n_failed", "–")),
+                        str(g.get("input_tokens", "–")),
+                        str(g.get("output_tokens", "–")),
+                        money(g.get("cost_usd")),
+                        num(g.get("mean_latency_s")),
+                    ]
+                    for name, g in gens
+                ],
+                caption="Teacher spend of this run (generate/*.summary.json).",
+            )
+        )
+    else:
+        s.paragraphs.append("No generate/*.summary.json: no teacher spend recorded for this run.")
+    store = _store_stats()
+    if store:
+        s.tables.append(
+            Table(
+                [
+                    "teacher model",
+                    "calls",
+                    "ok",
+                    "failed",
+                    "input tokens",
+                    "output tokens",
+                    "cost",
+                    "mean latency (s)",
+                ],
+                [
+                    [
+                        str(r.get("model")),
+                        str(r.get("calls")),
+                        str(r.get("ok")),
+                        str(r.get("failed")),
+                        str(r.get("input_tokens")),
+                        str(r.get("output_tokens")),
+                        money(r.get("cost_usd")),
+                        num(r.get("mean_latency_s")),
+                    ]
+                    for r in store
+                ],
+                caption="All teacher calls in the local teacher store (every run on this machine).",
+            )
+        )
+    if not run.summary:
+        s.paragraphs.append("No eval/summary.json: student latency not measured yet.")
+        return s
+    price = hourly_price_usd if hourly_price_usd is not None else run.summary["hourly_price_usd"]
+    rows, bars = [], []
+    best = best_student(run)
+    for e in run.summary["models"]:
+        if e is not best and len(run.summary["models"]) > 6:
+            continue  # a large grid: show the best checkpoint only
+        lat = e["speed"]["latency_s_per_example"]
+        rows.append(
+            [
+                f"student {e['name']}",
+                run.fmt(e["test"].get(run.metric)),
+                num(1000 * lat, 1),
+                money(1000 * lat * price / 3600),
+                "estimated",
+            ]
+        )
+        bars.append((f"student {e['name']}", 1000 * lat))
+    teacher = run.summary.get("teacher")
+    if teacher:
+        sp = teacher["speed"]
+        lat = sp.get("latency_s_per_example")
+        rows.append(
+            [
+                f"teacher {teacher.get('teacher_model') or ''} (zero-shot)",
+                run.fmt(teacher["metrics"].get(run.metric)),
+                num(1000 * lat, 1) if lat is not None else "–",
+                money(sp.get("cost_per_1k_usd")),
+                "measured (provenance)",
+            ]
+        )
+        if lat is not None:
+            bars.append(("teacher (zero-shot)", 1000 * lat))
+    s.tables.append(
+        Table(
+            ["model", f"test {run.metric}", "latency (ms/example)", "cost per 1,000", "cost is"],
+            rows,
+            caption="Student vs teacher on the same test rows.",
+        )
+    )
+    dec = run.summary["decoding"]
+    s.paragraphs.append(
+        f"Student cost is an estimate: measured wall-clock latency per example (batch size "
+        f"{dec['batch_size']}, num_beams={dec['num_beams']}, on the evaluating machine) × an "
+        f"assumed machine price of ${price:.2f}/hour. Teacher cost and latency are the recorded "
+        f"per-call values (provenance.cost_usd, provenance.latency_s) of its zero-shot answers."
+    )
+    if not teacher:
+        s.paragraphs.append("No teacher row: generate/teacher-zeroshot.jsonl is absent.")
+    png = plots.latency_bars(bars, run.out_dir / "latency.png")
+    if png:
+        s.figures.append(Figure(png, "Latency per example; orange: teacher."))
+    return s
+
+
+def _store_stats() -> list[dict[str, Any]]:
+    """Per-model totals from the teacher store, when that module and its database exist."""
+    try:
+        from protege.paths import teacher_db_path
+        from protege.teacher.store import TeacherStore
+    except ImportError:
+        return []
+    if not teacher_db_path().exists():
+        return []
+    try:
+        return list(TeacherStore().stats())
+    except Exception:  # a store from another version: the run's own files still report spend
+        return []
