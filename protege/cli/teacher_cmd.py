@@ -1,3 +1,174 @@
-"""CLI commands (filled in by the stage that owns them)."""
+"""`protege generate` and `protege teacher {import,stats,key}`: the teacher writes the data."""
 
-COMMANDS: list = []
+from __future__ import annotations
+
+import click
+
+from protege.cli.common import overrides_argument
+
+TEACHER_KINDS = ["openai", "local", "replay"]
+
+
+@click.command("generate")
+@click.option("-c", "--config", type=click.Path(dir_okay=False), help="GenerateConfig YAML.")
+@click.option("--recipe", help="5w, explain, label, reverse, summarize, or a template file.")
+@click.option("--input", "input_", help="Data file (JSONL/CSV/Parquet) or hub dataset name.")
+@click.option("--output", type=click.Path(dir_okay=False), help="Output JSONL.")
+@click.option("--teacher", type=click.Choice(TEACHER_KINDS), help="Which kind of teacher.")
+@click.option("--model", help="Teacher model name.")
+@click.option("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1.")
+@click.option("--concurrency", type=int, help="Requests in flight at once.")
+@click.option("--max-cost", type=float, help="Dollar budget; stops before it could be passed.")
+@click.option("--dry-run", is_flag=True, default=None, help="Count calls and cost; call nothing.")
+@click.option("--limit", type=int, help="Use only the first N records.")
+@overrides_argument
+def generate(config, recipe, input_, output, teacher, model, base_url, concurrency, max_cost,
+             dry_run, limit, overrides) -> None:  # fmt: skip
+    """Run a recipe over a data set through a teacher, paying only for prompts never answered.
+
+    \b
+    protege generate --recipe explain --input data/train.jsonl --output out.jsonl \\
+        --teacher openai --model gpt-3.5-turbo-0125 --max-cost 5
+    protege generate -c generate.yaml teacher.concurrency=32 --dry-run
+
+    Every answer is kept in the teacher store; a rerun sends only what is missing. A YAML with
+    a top-level `generate:` section (a recipe) is read from that section.
+    """
+    from protege.config import apply_overrides, from_dict, read_yaml
+    from protege.generate import GenerateConfig, run_generate
+
+    data = read_yaml(config) if config else {}
+    if isinstance(data.get("generate"), dict):
+        data = data["generate"]
+    flags = {
+        "recipe": recipe, "input": input_, "output": output, "teacher.kind": teacher,
+        "teacher.model": model, "teacher.base_url": base_url, "teacher.concurrency": concurrency,
+        "max_cost": max_cost, "dry_run": dry_run, "limit": limit,
+    }  # fmt: skip
+    data = apply_overrides(data, [])
+    for key, value in flags.items():
+        if value is not None:
+            node = data
+            *parents, last = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = value
+    cfg = from_dict(GenerateConfig, apply_overrides(data, list(overrides)))
+    result = run_generate(cfg)
+    _print_result(result)
+    if result.n_failed or result.n_skipped:
+        raise click.exceptions.Exit(1)
+
+
+def _print_result(r) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="dry run: nothing was called" if r.dry_run else "generate", box=None)
+    table.add_column("")
+    table.add_column("", justify="right")
+    rows = [
+        ("records", r.n_records),
+        ("distinct prompts", f"{r.n_requests} ({r.reduction:.0%} fewer calls than records)"),
+        ("cached (no call)", r.n_cached),
+    ]
+    if r.dry_run:
+        rows += [
+            ("calls to make", r.n_requests - r.n_cached),
+            ("est. input tokens", r.est_input_tokens),
+            ("max output tokens", r.est_output_tokens),
+            ("est. cost (upper bound)", f"${r.est_cost_usd:.4f}"),
+        ]
+    else:
+        latency = f"{r.mean_latency_s:.3f}s" if r.mean_latency_s is not None else "-"
+        rows += [
+            ("calls made", f"{r.n_calls} ({r.n_retries} retries)"),
+            ("failed (rerun to retry)", r.n_failed),
+            ("skipped (budget)", r.n_skipped),
+            ("flagged", r.n_flagged),
+            ("cost", f"${r.cost_usd:.4f}"),
+            ("mean latency", latency),
+            ("written", f"{r.n_written} -> {r.output}"),
+        ]
+    for name, value in rows:
+        table.add_row(name, str(value))
+    console = Console(stderr=True)
+    console.print(table)
+    for error in r.errors:
+        console.print(f"[red]error:[/red] {error}")
+
+
+@click.group("teacher")
+def teacher() -> None:
+    """The teacher store: import recorded answers, show usage, keep API keys."""
+
+
+@teacher.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--prompt-field", default="teacher_prompt", show_default=True)
+@click.option("--response-field", default="rationale", show_default=True)
+@click.option("--model", default="gpt-3.5-turbo-0125", show_default=True)
+@click.option("--system", default=None, help="System message the prompts were sent with.")
+@click.option("--temperature", type=float, default=0.2, show_default=True)
+@click.option("--seed", type=int, default=123, show_default=True)
+@click.option("--max-tokens", type=int, default=400, show_default=True)
+def import_(file, prompt_field, response_field, model, system, temperature, seed, max_tokens):
+    """Record existing teacher outputs (prompt -> response) so replaying them costs nothing.
+
+    The model and parameters must be those a later `generate` uses: they are part of the key.
+    """
+    from protege.teacher.config import TeacherConfig
+    from protege.teacher.replay import import_answers
+
+    cfg = TeacherConfig(
+        kind="replay", model=model, temperature=temperature, seed=seed, max_tokens=max_tokens
+    )
+    n = import_answers(file, prompt_field, response_field, cfg, system=system)
+    click.echo(f"imported {n} answers from {file} as {model}")
+
+
+@teacher.command("stats")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def stats(as_json: bool) -> None:
+    """Calls, tokens, cost and failures per model in the teacher store."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from protege.teacher.store import TeacherStore
+
+    with TeacherStore() as store:
+        rows = store.stats()
+        path = store.path
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title=str(path))
+    for col in ("model", "calls", "ok", "failed", "imported", "input tok", "output tok", "cost",
+                "mean latency"):  # fmt: skip
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for r in rows:
+        latency = f"{r['mean_latency_s']:.3f}s" if r["mean_latency_s"] is not None else "-"
+        table.add_row(r["model"], *(str(r[k]) for k in ("calls", "ok", "failed", "imported",
+                      "input_tokens", "output_tokens")), f"${r['cost_usd']:.4f}", latency)  # fmt: skip
+    Console().print(table)
+
+
+@teacher.group("key")
+def key() -> None:
+    """API keys in a file only you can read (mode 600)."""
+
+
+@key.command("set")
+@click.argument("name", default="OPENAI_API_KEY")
+def key_set(name: str) -> None:
+    """Store the key NAME (read from a hidden prompt); used when $NAME is not set."""
+    from protege.teacher.keys import set_key
+
+    value = click.prompt(f"{name}", hide_input=True)
+    set_key(name, value.strip())
+    click.echo(f"saved {name}")
+
+
+COMMANDS = [generate, teacher]

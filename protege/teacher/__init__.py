@@ -1,0 +1,13 @@
+"""The teacher: one interface (a chat request in, a stored answer out), three kinds behind it.
+
+openai  any OpenAI-compatible endpoint, through the official SDK (`client.py`)
+local   llama.cpp's server started and stopped by protege (`local.py`), same client
+replay  the store only (`replay.py` records answers; unknown prompts stop the job)
+
+Every answer lives in the SQLite store (`store.py`) keyed by the canonical request.
+"""
+
+from protege.teacher.config import TeacherConfig
+from protege.teacher.store import TeacherStore, request_key
+
+__all__ = ["TeacherConfig", "TeacherStore", "request_key"]
