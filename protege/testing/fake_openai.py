@@ -12,6 +12,7 @@ global queue or from a queue per prompt substring:
     drop       closes the connection without a response
     malformed  HTTP 200 whose body is not JSON
     truncated  a half answer with finish_reason "length"
+    ok         a normal answer (a placeholder in a queue)
 
 Every request is logged (`.log`, or GET /_log): body, fault, time. Answers are deterministic
 per prompt, so two runs over the same prompts write the same file.
@@ -72,9 +73,15 @@ class FakeOpenAI:
 
         def run() -> None:
             self.loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self.loop)
             self.loop.run_until_complete(self.serve())
             ready.set()
             self.loop.run_forever()
+            tasks = asyncio.all_tasks(self.loop)  # handlers still holding connections
+            for task in tasks:
+                task.cancel()
+            self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            self.loop.close()
 
         self._thread = threading.Thread(target=run, daemon=True)
         self._thread.start()
@@ -106,8 +113,10 @@ class FakeOpenAI:
         text = "\n".join(m.get("content", "") for m in messages)
         for needle, queue in self.prompt_faults.items():
             if needle in text and queue:
-                return queue.popleft()
-        return self.faults.popleft() if self.faults else None
+                fault = queue.popleft()
+                return None if fault == "ok" else fault
+        fault = self.faults.popleft() if self.faults else None
+        return None if fault == "ok" else fault
 
     # -- HTTP ---------------------------------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -1,0 +1,90 @@
+"""The teacher against a fake OpenAI-compatible server that misbehaves on purpose: what was
+sent, what was retried, what was recorded in the store and what was written out."""
+
+from __future__ import annotations
+
+import json
+
+from protege.data.samples import sample_path
+from protege.generate import GenerateConfig, run_generate
+from protege.teacher.config import TeacherConfig
+from protege.teacher.store import TeacherStore
+
+
+def _cfg(server, tmp_path, **kw) -> GenerateConfig:
+    teacher = dict(kind="openai", model="fake-model", base_url=server.base_url, backoff_s=0.01)
+    teacher.update(kw.pop("teacher", {}))
+    return GenerateConfig(
+        recipe=kw.pop("recipe", "explain"),
+        input=kw.pop("input", str(sample_path("nli", "dev"))),
+        output=str(tmp_path / "out.jsonl"),
+        teacher=TeacherConfig(**teacher),
+        progress=False,
+        **kw,
+    )
+
+
+def _rows(path) -> list[dict]:
+    return [json.loads(line) for line in open(path)]
+
+
+def test_sends_paper_a_request_and_records_provenance(fake_openai, tmp_path):
+    result = run_generate(_cfg(fake_openai, tmp_path, limit=3))
+    assert (result.n_calls, result.n_written, result.n_failed) == (3, 3, 0)
+    body = fake_openai.log[0]["body"]
+    assert body["model"] == "fake-model"
+    assert (body["temperature"], body["seed"], body["max_tokens"]) == (0.2, 123, 400)
+    assert body["messages"][0]["content"].startswith("Explain why this text \n\n")
+    row = _rows(tmp_path / "out.jsonl")[0]
+    assert row["rationale"] == row["teacher_text"] and row["rationale"]
+    source = json.loads(open(sample_path("nli", "dev")).readline())
+    assert {k: row[k] for k in source} == source  # source fields kept
+    prov = row["provenance"]
+    assert prov["model"] == "fake-model" and prov["system_fingerprint"] == "fp_fake"
+    assert prov["params"] == {"max_tokens": 400, "temperature": 0.2, "seed": 123}
+    assert len(prov["template_hash"]) == 16 and prov["cached"] is False
+
+
+def test_faults_are_retried_and_each_answer_stored_once(fake_openai, tmp_path):
+    fake_openai.faults.extend(["429:0.2", "500", "drop", "malformed", "timeout"])
+    cfg = _cfg(fake_openai, tmp_path, limit=4, teacher={"timeout_s": 0.5, "concurrency": 1})
+    result = run_generate(cfg)
+    assert (result.n_written, result.n_failed, result.n_retries) == (4, 0, 5)
+    faults = [e["fault"] for e in fake_openai.log]
+    assert faults == ["429:0.2", "500", "drop", "malformed", "timeout"] + [None] * 4
+    # Retry-After was honoured: the retry came no sooner than 0.2 s after the 429
+    assert fake_openai.log[1]["time"] - fake_openai.log[0]["time"] >= 0.2
+    # the first prompt was sent six times, then answered; nothing was sent twice after that
+    first = fake_openai.log[0]["body"]["messages"]
+    assert [e["body"]["messages"] for e in fake_openai.log].count(first) == 6
+    with TeacherStore() as store:
+        (stats,) = store.stats()
+    assert (stats["calls"], stats["ok"], stats["failed"]) == (4, 4, 0)
+    assert run_generate(cfg).n_calls == 0  # rerun: all from the store
+    assert len(fake_openai.log) == 9
+
+
+def test_last_try_is_recorded_as_failed_not_written_and_retried_next_run(fake_openai, tmp_path):
+    fake_openai.prompt_faults["Hugo Moreau"] = __import__("collections").deque(["500"] * 6)
+    cfg = _cfg(fake_openai, tmp_path, input=str(sample_path("nli", "train")), limit=4,
+               teacher={"max_retries": 2})  # fmt: skip
+    result = run_generate(cfg)
+    # rows 1 and 2 are about Hugo Moreau: each of their two prompts fails all 3 tries
+    assert (result.n_failed, result.n_written) == (2, 2)
+    assert "HTTP 500" in result.errors[0] and "after 3 tries" in result.errors[0]
+    written = _rows(tmp_path / "out.jsonl")
+    assert all(r["rationale"] for r in written)  # never an empty rationale
+    assert all("Hugo Moreau" not in r["premise"] for r in written)
+    with TeacherStore() as store:
+        (stats,) = store.stats()
+    assert stats["failed"] == result.n_failed
+    again = run_generate(cfg)  # the server now answers: only the failed prompts are sent
+    assert (again.n_calls, again.n_failed, again.n_written) == (result.n_failed, 0, 4)
+
+
+def test_truncated_answer_is_flagged(fake_openai, tmp_path):
+    fake_openai.faults.append("truncated")
+    result = run_generate(_cfg(fake_openai, tmp_path, limit=2, teacher={"concurrency": 1}))
+    assert result.n_flagged == 1
+    rows = _rows(tmp_path / "out.jsonl")
+    assert "max_tokens" in rows[0]["flagged"] and "flagged" not in rows[1]
