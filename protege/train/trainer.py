@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import shutil
 import time
@@ -49,7 +50,10 @@ def make_accelerator(mixed_precision: str = "auto"):
     if mixed_precision == "auto":
         gpu = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         mixed_precision = "bf16" if gpu else "no"
-    return Accelerator(mixed_precision=mixed_precision)
+    # Several processes and no GPU (`accelerate launch --multi_gpu` / torchrun on a CPU box):
+    # accelerate picks DDP over gloo only when told it runs on CPU.
+    cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
 
 
 def linear_schedule(optimizer, warmup_steps: int, total_steps: int):
