@@ -5,6 +5,7 @@ emit a fixed answer, histories, a recipe, a teacher zero-shot file and a generat
 from __future__ import annotations
 
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from protege.data.io import read_records, write_json, write_jsonl
@@ -16,6 +17,11 @@ N_TEST = 12
 
 def fit_tiny(out_dir: Path, target: str, task: TaskConfig, steps: int = 60) -> Path:
     """A tiny random T5, trained a few steps so that it answers `target` to any input."""
+    with one_thread():
+        return _fit(out_dir, target, task, steps)
+
+
+def _fit(out_dir: Path, target: str, task: TaskConfig, steps: int) -> Path:
     import torch
 
     from protege.student import build_random_student, load_student
@@ -40,6 +46,39 @@ def fit_tiny(out_dir: Path, target: str, task: TaskConfig, steps: int = 60) -> P
     model.save_pretrained(out_dir)
     save_task(task, out_dir)
     return out_dir
+
+
+@contextmanager
+def one_thread():
+    """Tiny models run faster on one torch thread when the CPU is shared."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def tiny_models() -> dict[str, Path]:
+    """The two fitted tiny students, built once per session under PROTEGE_HOME."""
+    from protege.paths import user_dir
+
+    root = user_dir() / "eval-test-models"
+    specs = {
+        "baseline": ("Neutral", TaskConfig()),
+        "rationale": (
+            "Neutral Explanation: the text says so",
+            TaskConfig(format="label+rationale"),
+        ),
+    }
+    out = {}
+    for name, (target, task) in specs.items():
+        out[name] = root / name
+        if not (out[name] / "protege_task.json").exists():
+            fit_tiny(out[name], target, task)
+    return out
 
 
 def sample_test_rows() -> list[dict]:

@@ -7,30 +7,22 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
-from eval_util import N_TEST, fit_tiny, make_run
+from eval_util import N_TEST, make_run, one_thread, tiny_models
 
 from protege.cli import main
 from protege.errors import ProtegeError
 from protege.evaluate import evaluate_run
-from protege.formats import TaskConfig
 
 
-@pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny-models")
-    base = fit_tiny(root / "baseline", "Neutral", TaskConfig())
-    rat = fit_tiny(
-        root / "rationale",
-        "Neutral Explanation: the text says so",
-        TaskConfig(format="label+rationale"),
-    )
-    return {"baseline": base, "rationale": rat}
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_thread():
+        yield
 
 
 @pytest.fixture()
-def run_dir(tmp_path, tiny_models, monkeypatch):
-    monkeypatch.setenv("PROTEGE_HOME", str(tmp_path / "home"))
-    return make_run(tmp_path, tiny_models)
+def run_dir(tmp_path):
+    return make_run(tmp_path, tiny_models())
 
 
 def test_evaluate_run_scores_every_checkpoint_and_teacher(run_dir):
@@ -61,6 +53,7 @@ def test_evaluate_run_scores_every_checkpoint_and_teacher(run_dir):
     assert rat["paired"]["chosen_by"] == "same lr and seed"
     assert rat["paired"]["mcnemar"] == {"a_only": 0, "b_only": 0, "p_value": 1.0}
     assert s["models"][1]["paired"] is None  # a baseline is not tested against itself
+    assert s["models"][1]["test"]["bleu"] is None  # scored in its own format: no rationale
     t = s["teacher"]
     # 8 right, 1 flagged (malformed), 1 missing (failed call), 2 wrong.
     assert t["metrics"]["accuracy"] == pytest.approx(8 / N_TEST)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -99,15 +100,17 @@ def evaluate_run(
             if not model_dir.exists():
                 continue
             out = eval_dir / cfg["id"] / dirname
+            # Each configuration is scored in its own format (a baseline has no rationale).
+            cfg_task = replace(task, format=cfg["format"]) if cfg.get("format") else task
             key = fingerprint(
-                test_sha, to_dict(task), decoding.to_dict(), _weights_stamp(model_dir)
+                test_sha, to_dict(cfg_task), decoding.to_dict(), _weights_stamp(model_dir)
             )
             result = read_outputs(out)
             if result is None or result.get("fingerprint") != key:
                 result = evaluate_model(
                     model_dir,
                     test,
-                    task,
+                    cfg_task,
                     decoding=decoding,
                     hourly_price_usd=hourly_price_usd,
                     device=device,
@@ -116,7 +119,7 @@ def evaluate_run(
                 result["fingerprint"] = key
                 write_outputs(result, out)
             name = f"{cfg['id']}/{dirname}"
-            scores[name] = per_example_scores(task, result["per_example"])
+            scores[name] = per_example_scores(cfg_task, result["per_example"])
             entries.append(
                 {
                     "name": name,

@@ -16,6 +16,8 @@ h1 { border-bottom: 2px solid #444; padding-bottom: .3rem; }
 h2 { margin-top: 2.2rem; border-bottom: 1px solid #ccc; padding-bottom: .2rem; }
 table { border-collapse: collapse; margin: .8rem 0; font-size: .85rem; }
 th, td { border: 1px solid #ccc; padding: .25rem .5rem; text-align: right; }
+td { white-space: nowrap; }
+.scroll { overflow-x: auto; }
 th { background: #f0f0f0; }
 td:first-child, th:first-child { text-align: left; }
 tr:nth-child(even) td { background: #fafafa; }
@@ -41,7 +43,8 @@ def table_html(t: Table) -> str:
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in t.rows
     )
     cap = f"<caption>{_inline(t.caption)}</caption>" if t.caption else ""
-    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    table = f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<div class='scroll'>{table}</div>"
 
 
 def render_html(report: Report) -> str:

@@ -107,7 +107,7 @@ def grid_section(run: RunFiles) -> Section:
     cls = run.kind == "classification"
     headers = ["config", "format", "lr", "split (label/rationale)", "seed"]
     for ck in ("best-loss", "best-accuracy"):
-        headers += [f"{ck} dev", f"{ck} test", "95% CI"]
+        headers += [f"{ck} dev", f"{ck} test [95% CI]"]
     if cls:
         headers += ["coverage", "BLEU", "sentBLEU"]
     headers.append("Δ test vs baseline")
@@ -125,11 +125,8 @@ def grid_section(run: RunFiles) -> Section:
         for kind, ck in (("loss", "best-loss"), ("accuracy", "best-accuracy")):
             e = run.entries.get(f"{cfg['id']}/{ck}")
             test = (e or {}).get("test") or {}
-            row += [
-                run.fmt(dev_value(best.get(kind), m)),
-                run.fmt(test.get(m)),
-                ci(test.get(f"{m}_ci"), run.scale()),
-            ]
+            test_text = f"{run.fmt(test.get(m))} {ci(test.get(f'{m}_ci'), run.scale())}"
+            row += [run.fmt(dev_value(best.get(kind), m)), test_text.strip()]
             acc_entry = e if ck == "best-accuracy" else acc_entry
         t = (acc_entry or {}).get("test") or {}
         if cls:
@@ -148,6 +145,11 @@ def grid_section(run: RunFiles) -> Section:
             "corpus BLEU (13a, 0–100) of the generated rationale against the teacher's; "
             "sentBLEU is Paper A's variant (NLTK sentence BLEU, no smoothing, averaged, 0–1)."
         )
+        if any((e.get("test") or {}).get("bleu_lowercased") for e in run.entries.values()):
+            notes.append(
+                "BLEU is case-insensitive here: the student's tokenizer is uncased, so it "
+                "cannot reproduce the teacher's capitals."
+            )
     if not run.summary:
         notes.append("No eval/summary.json yet: test columns are empty.")
     s.paragraphs += notes

@@ -1,0 +1,114 @@
+"""`protege report` on a fabricated run: contents, empty sections, and the HTML in Chromium."""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+from eval_util import make_run, one_thread, tiny_models
+
+from protege.cli import main
+from protege.evaluate import evaluate_run
+from protege.report import write_report
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def evaluated_run(tmp_path_factory):
+    run = make_run(tmp_path_factory.mktemp("report"), tiny_models())
+    evaluate_run(run)
+    return run
+
+
+def test_report_has_every_section_filled(evaluated_run):
+    res = CliRunner().invoke(main, ["report", str(evaluated_run)])
+    assert res.exit_code == 0, res.output
+    md = (evaluated_run / "report/report.md").read_text()
+    for title in (
+        "Split hygiene",
+        "Table 1",
+        "Eval vs test",
+        "over training",
+        "Rationale BLEU",
+        "Cost and speed",
+    ):
+        assert title in md
+    # Table 1 row of the rationale config: dev 55.0 / test 41.7 (5 of 12 neutral) / BLEU 100.
+    row = next(line for line in md.splitlines() if line.startswith("| ab25-lr0.001-s0"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[5:9] == ["55.0", "41.7 [16.7, 66.7]", "60.0", "41.7 [16.7, 66.7]"]
+    assert cells[9:11] == ["100.0", "100.0"]  # coverage, corpus BLEU
+    base = next(line for line in md.splitlines() if line.startswith("| baseline-lr0.001-s0"))
+    assert [c.strip() for c in base.strip("|").split("|")][10] == "–"  # no rationale, no BLEU
+    assert "McNemar p=1.000" in row
+    assert "teacher gpt-test (zero-shot)" in md and "$0.2000" in md  # 1,000 x $0.0002
+    assert "assumed machine price of $0.10/hour" in md
+    assert "| teacher-zeroshot.summary.json | gpt-test | 11 | 0 | 1 |" in md
+    # Classification run: the ROUGE section says why it is empty rather than vanishing.
+    assert "No data: This run is a classification task" in md
+    pngs = sorted(p.name for p in (evaluated_run / "report").glob("*.png"))
+    assert pngs == [
+        "curve_eval_accuracy_label.png",
+        "curve_eval_accuracy_label_rationale.png",
+        "curve_eval_bleu.png",
+        "eval_vs_test.png",
+        "latency.png",
+    ]
+    html = (evaluated_run / "report/report.html").read_text()
+    images = re.findall(r"src='data:image/png;base64,([^']+)'", html)
+    assert len(images) == len(pngs)
+    assert all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
+    assert "http" not in html.split("<body>")[1]  # self-contained: nothing fetched
+
+
+def test_report_on_untrained_run_says_what_is_missing(tmp_path):
+    out = write_report(tmp_path)
+    md = (out / "report.md").read_text()
+    assert md.count("*No data:") >= 6
+    assert "No train/results.json" in md and "No eval/summary.json" in md
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (make browser)")
+def test_html_images_load_in_headless_chromium(evaluated_run, tmp_path):
+    write_report(evaluated_run)
+    html = (evaluated_run / "report/report.html").read_text()
+    probe = (
+        "<script>window.addEventListener('load', () => {"
+        "const imgs = [...document.images];"
+        "const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;"
+        "document.body.insertAdjacentHTML('beforeend',"
+        " `<p id='probe'>loaded=${ok} total=${imgs.length}</p>`);});</script>"
+    )
+    page = tmp_path / "probe.html"
+    page.write_text(html.replace("</body>", probe + "</body>"))
+    flags = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    dom = subprocess.run(
+        [*flags, "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    m = re.search(r"loaded=(\d+) total=(\d+)", dom)
+    assert m, dom[-500:]
+    assert int(m.group(2)) == 5 and m.group(1) == m.group(2)
