@@ -94,3 +94,17 @@ def test_keys_file_is_private():
 
     assert stat.S_IMODE(keys_path().stat().st_mode) == 0o600
     assert get_key("PROTEGE_TEST_KEY") == "sk-secret"
+
+
+def test_chunked_body_is_reassembled():
+    import asyncio
+
+    from protege.teacher.transport import _read_chunked
+
+    async def read() -> bytes:
+        reader = asyncio.StreamReader()
+        reader.feed_data(b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\n\r\n")
+        reader.feed_eof()
+        return await _read_chunked(reader)
+
+    assert asyncio.run(read()) == b"hello, world"

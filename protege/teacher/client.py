@@ -26,6 +26,7 @@ from protege.teacher.config import TeacherConfig
 from protege.teacher.cost import Budget, call_cost
 from protege.teacher.keys import get_key
 from protege.teacher.store import Answer, TeacherStore
+from protege.teacher.transport import lean_transport
 
 MAX_BACKOFF_S = 60.0
 
@@ -122,12 +123,17 @@ class ChatClient:
         self.openai = openai
         self.response_type = hx.Response
         pool = hx.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency)
+        transport = None
+        if base_url and base_url.startswith("http://"):
+            transport = lean_transport(hx, cfg.concurrency)
         self.sdk = openai.AsyncOpenAI(
             base_url=base_url,
             api_key=api_key or "not-needed",
             max_retries=0,  # protege retries itself, so it can record and budget every try
             timeout=cfg.timeout_s,
-            http_client=openai.DefaultAsyncHttpxClient(limits=pool, timeout=cfg.timeout_s),
+            http_client=openai.DefaultAsyncHttpxClient(
+                limits=pool, timeout=cfg.timeout_s, transport=transport
+            ),
         )
 
     async def close(self) -> None:

@@ -1,0 +1,138 @@
+"""Teacher throughput: protege's async client against the ideal and against Paper A's way.
+
+    .venv/bin/python benchmarks/teacher_throughput.py [--n 2000] [--latency 0.1]
+
+A fake OpenAI-compatible server (its own process) answers every request after `latency`
+seconds. The same `explain` job over N records runs (1) through protege at concurrency 64,
+(2) through a reference client built like Paper A's code: a pool of 10 threads, one blocking
+openai SDK request each, and (3) through protege again, now answered entirely from the store.
+Ratios, not times, are what to compare: ideal = concurrency / latency.
+Floors: protege >= 80% of ideal, >= 5x the reference; cached rerun >= 5,000 records/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+CONCURRENCY = 64
+REFERENCE_THREADS = 10
+LABELS = ["entailment", "neutral", "contradiction"]
+
+
+def start_server(latency: float) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "protege.testing.fake_openai", "--latency", str(latency)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    port = int(proc.stdout.readline().split()[1])
+    return proc, f"http://127.0.0.1:{port}/v1"
+
+
+def write_records(path: Path, n: int) -> None:
+    with open(path, "w") as f:
+        for i in range(n):
+            premise = f"Record {i}: the committee met in city {i % 97} and approved plan {i}."
+            hypothesis = f"Plan {i} was approved in city {i % 97}."
+            row = {"uid": f"r{i}", "premise": premise, "hypothesis": hypothesis,
+                   "label": LABELS[i % 3]}  # fmt: skip
+            f.write(json.dumps(row) + "\n")
+
+
+def run_protege(data: Path, out: Path, base_url: str):
+    from protege.generate import GenerateConfig, run_generate
+    from protege.teacher.config import TeacherConfig
+
+    cfg = GenerateConfig(
+        recipe="explain",
+        input=str(data),
+        output=str(out),
+        progress=False,
+        teacher=TeacherConfig(
+            kind="openai", model="fake-model", base_url=base_url, concurrency=CONCURRENCY
+        ),
+    )
+    start = time.perf_counter()
+    result = run_generate(cfg)
+    return result, time.perf_counter() - start
+
+
+def run_reference(data: Path, base_url: str) -> float:
+    """Paper A's client: 10 threads, each one blocking chat.completions.create per record."""
+    import openai
+
+    from protege.generate.recipes import RECIPES, Template
+
+    verbs = {"entailment": "entails", "neutral": "is neutral to", "contradiction": "contradicts"}
+    template = Template(RECIPES["explain"].path)
+    rows = [json.loads(line) for line in open(data)]
+    prompts = [template.messages({**r, "verb": verbs[r["label"]]}) for r in rows]
+    client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
+
+    def ask(messages):
+        r = client.chat.completions.create(
+            model="fake-model", messages=messages, temperature=0.2, seed=123, max_tokens=400
+        )
+        return r.choices[0].message.content
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(REFERENCE_THREADS) as pool:
+        answers = list(pool.map(ask, prompts))
+    assert all(answers)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--latency", type=float, default=0.1)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="protege-bench-"))
+    os.environ["PROTEGE_TEACHER_DB"] = str(tmp / "teacher.db")
+    os.environ.setdefault("PROTEGE_HOME", str(tmp / "home"))
+    data = tmp / "records.jsonl"
+    write_records(data, args.n)
+    server, base_url = start_server(args.latency)
+    try:
+        live, live_s = run_protege(data, tmp / "live.jsonl", base_url)
+        assert live.n_calls == live.n_written == args.n and live.n_failed == 0, live
+        cached, cached_s = run_protege(data, tmp / "cached.jsonl", base_url)
+        assert cached.n_calls == 0 and cached.n_cached == args.n, cached
+        reference_s = run_reference(data, base_url)
+    finally:
+        server.terminate()
+        server.wait()
+    ideal = CONCURRENCY / args.latency
+    rps, reference_rps, cached_rps = args.n / live_s, args.n / reference_s, args.n / cached_s
+    rows = [
+        ("ideal (concurrency / latency)", ideal, 1.0, ""),
+        (f"protege, concurrency {CONCURRENCY}", rps, rps / ideal, ">= 0.80 of ideal"),
+        (f"reference, {REFERENCE_THREADS} threads", reference_rps, reference_rps / ideal, ""),
+        ("protege / reference", rps / reference_rps, None, ">= 5x"),
+        ("protege, rerun from store", cached_rps, None, ">= 5000 records/s"),
+    ]
+    print(f"{args.n} requests, fake server latency {args.latency * 1000:.0f} ms")
+    print(f"{'':34} {'req/s':>10} {'of ideal':>9}  floor")
+    for name, value, share, floor in rows:
+        pct = f"{share:9.0%}" if share is not None else " " * 9
+        print(f"{name:34} {value:10.1f} {pct}  {floor}")
+    ok = rps >= 0.8 * ideal and rps >= 5 * reference_rps and cached_rps >= 5000
+    print(f"floors {'met' if ok else 'NOT met'}")
+    print(json.dumps({
+        "rps": round(rps, 1), "ideal_rps": round(ideal, 1),
+        "reference_rps": round(reference_rps, 1), "cached_rps": round(cached_rps, 1),
+        "ratio_of_ideal": round(rps / ideal, 3), "speedup_vs_reference": round(rps / reference_rps, 2),
+        "n": args.n, "latency_s": args.latency, "floors_met": ok,
+    }))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
