@@ -117,13 +117,10 @@ def import_(file, prompt_field, response_field, model, system, temperature, seed
 
     The model and parameters must be those a later `generate` uses: they are part of the key.
     """
-    from protege.teacher.config import TeacherConfig
-    from protege.teacher.replay import import_answers
+    from protege.teacher.importer import import_answers
 
-    cfg = TeacherConfig(
-        kind="replay", model=model, temperature=temperature, seed=seed, max_tokens=max_tokens
-    )
-    n = import_answers(file, prompt_field, response_field, cfg, system=system)
+    params = {"temperature": temperature, "seed": seed, "max_tokens": max_tokens}
+    n = import_answers(file, prompt_field, response_field, model, system=system, params=params)
     click.echo(f"imported {n} answers from {file} as {model}")
 
 

@@ -24,11 +24,12 @@ from protege.data.io import (
     write_json,
     write_jsonl,
 )
-from protege.errors import ConfigError, DataError, ProtegeError
+from protege.errors import ConfigError, DataError
 from protege.formats import normalise_label
 from protege.generate.config import GenerateConfig, GenerateResult
 from protege.generate.recipes import Recipe, Template, get_recipe
 from protege.teacher.cost import Budget, call_cost, estimate_prompt_tokens, worst_prompt_tokens
+from protege.teacher.replay import replay_miss
 from protege.teacher.store import Answer, TeacherStore, request_key
 
 
@@ -111,11 +112,8 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
             return result
         if todo and tcfg.kind == "replay":
             first = records[keys.index(todo[0])]
-            raise ProtegeError(
-                f"replay teacher: no recorded answer from {model} for {len(todo)} of "
-                f"{len(distinct)} prompts (first: {cfg.input}:{first.get('_line', '?')}); "
-                "record them with `protege teacher import` or use a live teacher"
-            )
+            where = f"{cfg.input}:{first.get('_line', '?')}"
+            raise replay_miss(model, len(todo), len(distinct), where)
         if todo:
             requests = [Request(k, distinct[k], worst_prompt_tokens(distinct[k])) for k in todo]
             report = _call(cfg, requests, store, result.n_cached)

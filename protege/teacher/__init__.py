@@ -2,7 +2,7 @@
 
 openai  any OpenAI-compatible endpoint, through the official SDK (`client.py`)
 local   llama.cpp's server started and stopped by protege (`local.py`), same client
-replay  the store only (`replay.py` records answers; unknown prompts stop the job)
+replay  the store only (`importer.py` records answers; `replay.py`: unknown prompts stop)
 
 Every answer lives in the SQLite store (`store.py`) keyed by the canonical request.
 """
