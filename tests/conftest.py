@@ -4,7 +4,6 @@ there once); each test gets its own teacher store."""
 
 from __future__ import annotations
 
-
 import pytest
 
 
@@ -33,5 +32,3 @@ def fake_openai():
     server = FakeOpenAI().start()
     yield server
     server.stop()
-
-
