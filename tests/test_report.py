@@ -13,7 +13,7 @@ from eval_util import make_run, one_thread, tiny_models
 
 from protege.cli import main
 from protege.evaluate import evaluate_run
-from protege.report import write_report
+from protege.report import build_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -54,7 +54,8 @@ def test_report_has_every_section_filled(evaluated_run):
     assert "McNemar p=1.000" in row
     assert "teacher gpt-test (zero-shot)" in md and "$0.2000" in md  # 1,000 x $0.0002
     assert "assumed machine price of $0.10/hour" in md
-    assert "| teacher-zeroshot.summary.json | gpt-test | 11 | 0 | 1 |" in md
+    assert "| teacher-zeroshot | gpt-test | 12 | 11 | 1 | 1 | 12 | 0 | $0.0022 | 0.80 |" in md
+    assert "No local teacher store" in md  # this test's store is empty
     # Classification run: the ROUGE section says why it is empty rather than vanishing.
     assert "No data: This run is a classification task" in md
     pngs = sorted(p.name for p in (evaluated_run / "report").glob("*.png"))
@@ -73,7 +74,7 @@ def test_report_has_every_section_filled(evaluated_run):
 
 
 def test_report_on_untrained_run_says_what_is_missing(tmp_path):
-    out = write_report(tmp_path)
+    out = build_report(tmp_path)
     md = (out / "report.md").read_text()
     assert md.count("*No data:") >= 6
     assert "No train/results.json" in md and "No eval/summary.json" in md
@@ -81,7 +82,7 @@ def test_report_on_untrained_run_says_what_is_missing(tmp_path):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (make browser)")
 def test_html_images_load_in_headless_chromium(evaluated_run, tmp_path):
-    write_report(evaluated_run)
+    build_report(evaluated_run)
     html = (evaluated_run / "report/report.html").read_text()
     probe = (
         "<script>window.addEventListener('load', () => {"

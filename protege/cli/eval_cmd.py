@@ -153,9 +153,9 @@ def _print_run(summary: dict) -> None:
 )
 def report_command(run_dir: Path, hourly_price: float | None) -> None:
     """Write RUN_DIR/report/report.md and report.html (plots embedded) for a run."""
-    from protege.report import write_report
+    from protege.report import build_report
 
-    out = write_report(run_dir, hourly_price_usd=hourly_price)
+    out = build_report(run_dir, hourly_price_usd=hourly_price)
     click.echo(f"report: {out / 'report.html'}\n        {out / 'report.md'}")
 
 

@@ -22,10 +22,11 @@ from protege.report.sections import (
     grid_section,
     hygiene_section,
 )
+from protege.report.variants import build_variants_report
 from protege.report.views import best_model_section, cost_section, rouge_section
 
 
-def build_report(run_dir: str | Path, hourly_price_usd: float | None = None) -> Report:
+def assemble_report(run_dir: str | Path, hourly_price_usd: float | None = None) -> Report:
     """Read the run's files, draw the PNGs into RUN_DIR/report/, and return the sections."""
     run_dir = Path(run_dir)
     run = RunFiles(run_dir, run_dir / "report")
@@ -53,13 +54,16 @@ def build_report(run_dir: str | Path, hourly_price_usd: float | None = None) -> 
     return Report(f"protege report: {run_dir.name}", meta, sections)
 
 
-def write_report(run_dir: str | Path, hourly_price_usd: float | None = None) -> Path:
-    """Write RUN_DIR/report/report.md and report.html (+ PNGs); returns the report dir."""
-    report = build_report(run_dir, hourly_price_usd)
+def build_report(run_dir: str | Path, hourly_price_usd: float | None = None) -> Path:
+    """Write RUN_DIR/report/report.md and report.html (+ PNGs); returns the report dir.
+
+    `hourly_price_usd`: the assumed price of the student's machine for its cost per 1,000
+    predictions (default: the one `protege eval` recorded)."""
     out = Path(run_dir) / "report"
+    report = assemble_report(run_dir, hourly_price_usd)
     atomic_write_text(out / "report.md", render_markdown(report))
     atomic_write_text(out / "report.html", render_html(report))
     return out
 
 
-__all__ = ["build_report", "write_report"]
+__all__ = ["assemble_report", "build_report", "build_variants_report"]

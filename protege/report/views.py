@@ -118,39 +118,64 @@ def best_model_section(run: RunFiles) -> Section:
     return s
 
 
+def generate_dir(run_dir: Path) -> Path:
+    """RUN_DIR/generate; a variant's sub-run shares its parent run's teacher steps."""
+    own, parent = run_dir / "generate", run_dir.parent / "generate"
+    return parent if not own.exists() and parent.exists() else own
+
+
 def generate_summaries(run_dir: Path) -> list[tuple[str, dict[str, Any]]]:
-    return [
-        (p.name, json.loads(p.read_text()))
-        for p in sorted((run_dir / "generate").glob("*.summary.json"))
-    ]
+    """(name, summary) of every teacher step; the teacher model is read from the step's
+    output provenance when the summary does not name it."""
+    out = []
+    for p in sorted(generate_dir(run_dir).glob("*.summary.json")):
+        g = json.loads(p.read_text())
+        if not g.get("model"):
+            g["model"] = _output_model(Path(g["output"])) if g.get("output") else None
+        out.append((p.name.removesuffix(".summary.json"), g))
+    return out
 
 
-def cost_section(run: RunFiles, hourly_price_usd: float | None) -> Section:
-    s = Section("Cost and speed")
-    gens = generate_summaries(run.run_dir)
+def _output_model(path: Path) -> str | None:
+    if not path.exists():
+        return None
+    with path.open(encoding="utf-8") as f:
+        for line in filter(str.strip, f):
+            prov = json.loads(line).get("provenance") or {}
+            if prov.get("model"):
+                return str(prov["model"])
+    return None
+
+
+def spend_section(run_dir: Path, title: str = "Cost and speed") -> Section:
+    """Teacher calls, tokens and dollars: this run's steps, and the local teacher store."""
+    s = Section(title)
+    gens = generate_summaries(run_dir)
     if gens:
         s.tables.append(
             Table(
                 [
-                    "generate step",
+                    "teacher step",
                     "teacher model",
+                    "records",
+                    "written",
+                    "flagged",
+                    "failed",
                     "calls",
                     "cached",
-                    "failed",
-                    "input tokens",
-                    "output tokens",
                     "cost",
                     "mean latency (s)",
                 ],
                 [
                     [
                         name,
-                        str(g.get("model", "–")),
+                        str(g.get("model") or "–"),
+                        str(g.get("n_records", "–")),
+                        str(g.get("n_written", "–")),
+                        str(g.get("n_flagged", "–")),
+                        str(g.get("n_failed", "–")),
                         str(g.get("n_calls", "–")),
                         str(g.get("n_cached", "–")),
-                        str(g.get("n_failed", "–")),
-                        str(g.get("input_tokens", "–")),
-                        str(g.get("output_tokens", "–")),
                         money(g.get("cost_usd")),
                         num(g.get("mean_latency_s")),
                     ]
@@ -167,9 +192,10 @@ def cost_section(run: RunFiles, hourly_price_usd: float | None) -> Section:
             Table(
                 [
                     "teacher model",
-                    "calls",
+                    "answers",
                     "ok",
                     "failed",
+                    "imported",
                     "input tokens",
                     "output tokens",
                     "cost",
@@ -181,6 +207,7 @@ def cost_section(run: RunFiles, hourly_price_usd: float | None) -> Section:
                         str(r.get("calls")),
                         str(r.get("ok")),
                         str(r.get("failed")),
+                        str(r.get("imported", "–")),
                         str(r.get("input_tokens")),
                         str(r.get("output_tokens")),
                         money(r.get("cost_usd")),
@@ -188,9 +215,17 @@ def cost_section(run: RunFiles, hourly_price_usd: float | None) -> Section:
                     ]
                     for r in store
                 ],
-                caption="All teacher calls in the local teacher store (every run on this machine).",
+                caption="Tokens and spend of every answer in the local teacher store "
+                "(all runs on this machine; imported answers cost nothing here).",
             )
         )
+    else:
+        s.paragraphs.append("No local teacher store: token counts are not available.")
+    return s
+
+
+def cost_section(run: RunFiles, hourly_price_usd: float | None) -> Section:
+    s = spend_section(run.run_dir)
     if not run.summary:
         s.paragraphs.append("No eval/summary.json: student latency not measured yet.")
         return s

@@ -1,0 +1,105 @@
+"""One report over several students of one run (Paper B's Table 2: T5 vs BART, trained on
+gold vs synthetic data, next to the teacher's zero-shot row). Each variant lives in
+RUN_DIR/<name>/ with its own train/, eval/ and report/; this page compares them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from protege.data.io import atomic_write_text
+from protege.report.html import render_html
+from protege.report.markdown import render_markdown
+from protege.report.model import Report, Section, Table, ci, money, num, pct
+from protege.report.sections import RunFiles
+from protege.report.views import best_student, spend_section
+
+
+def _metric_cells(m: dict[str, Any], kind: str) -> list[str]:
+    if kind == "summarization":
+        return [
+            num(m.get("rouge1")),
+            num(m.get("rouge2")),
+            num(m.get("rougeL")),
+            num(m.get("rougeLsum")),
+            ci(m.get("rougeL_ci"), digits=2),
+            num(m.get("gen_len_words"), 1),
+        ]
+    return [
+        pct(m.get("accuracy")),
+        ci(m.get("accuracy_ci"), 100),
+        pct(m.get("coverage")),
+        num(m.get("bleu"), 1),
+    ]
+
+
+def build_variants_report(
+    run_dir: str | Path, variants: list[str], hourly_price_usd: float | None = None
+) -> Path:
+    """Write RUN_DIR/report/report.{md,html}: each variant's best checkpoint (chosen on dev)
+    on the test set with its latency and estimated cost, the teacher row, and the teacher
+    spend; links to each variant's own report. Returns the report dir."""
+    run_dir = Path(run_dir)
+    out = run_dir / "report"
+    runs = [(v, RunFiles(run_dir / v, out)) for v in variants]
+    kind = next((r.kind for _, r in runs if r.summary), "classification")
+    headers = ["variant", "model", "checkpoint"]
+    headers += (
+        ["R1", "R2", "RL", "RLsum", "RL 95% CI", "gen len (words)"]
+        if kind == "summarization"
+        else ["accuracy", "95% CI", "coverage", "BLEU"]
+    )
+    headers += ["latency (ms/example)", "cost per 1,000"]
+    rows, teacher, missing, price = [], None, [], hourly_price_usd
+    for name, run in runs:
+        best = best_student(run)
+        if best is None:
+            missing.append(name)
+            continue
+        price = price if price is not None else run.summary["hourly_price_usd"]
+        lat = best["speed"]["latency_s_per_example"]
+        rows.append(
+            [
+                name,
+                str(best.get("model")),
+                best["checkpoint"],
+                *_metric_cells(best["test"], kind),
+                num(1000 * lat, 1),
+                money(1000 * lat * price / 3600),
+            ]
+        )
+        teacher = teacher or run.summary.get("teacher")
+    if teacher:
+        lat = teacher["speed"].get("latency_s_per_example")
+        rows.append(
+            [
+                "teacher zero-shot",
+                str(teacher.get("teacher_model") or "–"),
+                "–",
+                *_metric_cells(teacher["metrics"], kind),
+                num(1000 * lat, 1) if lat is not None else "–",
+                money(teacher["speed"].get("cost_per_1k_usd")),
+            ]
+        )
+    table = Section("Students vs teacher on the test set (Paper B, Table 2)")
+    if rows:
+        table.tables.append(Table(headers, rows))
+        table.paragraphs.append(
+            "Each variant's checkpoint with the best dev score. Student cost is estimated: "
+            f"measured latency × an assumed ${price or 0:.2f}/hour machine; the teacher's is "
+            "its recorded per-call cost."
+        )
+    else:
+        table.empty = "No variant has an eval/summary.json yet."
+    if missing:
+        table.paragraphs.append(f"Not evaluated yet: {', '.join(missing)}.")
+    links = Section("Variant reports")
+    links.paragraphs += [f"`{v}`: {v}/report/report.html" for v in variants]
+    report = Report(
+        f"protege report: {run_dir.name} ({len(variants)} students)",
+        [f"run directory: `{run_dir}`", f"variants: {', '.join(variants)}"],
+        [table, spend_section(run_dir, "Teacher spend"), links],
+    )
+    atomic_write_text(out / "report.md", render_markdown(report))
+    atomic_write_text(out / "report.html", render_html(report))
+    return out
