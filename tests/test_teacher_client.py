@@ -88,3 +88,42 @@ def test_truncated_answer_is_flagged(fake_openai, tmp_path):
     assert result.n_flagged == 1
     rows = _rows(tmp_path / "out.jsonl")
     assert "max_tokens" in rows[0]["flagged"] and "flagged" not in rows[1]
+
+
+def test_rpm_limit_spaces_requests(fake_openai, tmp_path):
+    # 1200 rpm = 20 per second with a one-second bucket: 40 requests need 1 s of refill between
+    # the first acquire and the last (less the first connections' set-up); unlimited, ~50 ms
+    result = run_generate(_cfg(fake_openai, tmp_path, limit=40, teacher={"rpm": 1200}))
+    assert result.n_written == 40
+    times = [e["time"] for e in fake_openai.log]
+    assert max(times) - min(times) >= 0.7
+
+
+def test_openai_kind_without_a_key_says_how_to_set_one(tmp_path, monkeypatch):
+    import pytest
+
+    from protege.errors import ConfigError
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    cfg = GenerateConfig(
+        recipe="explain", input=str(sample_path("nli", "dev")), output=str(tmp_path / "o.jsonl"),
+        teacher=TeacherConfig(kind="openai"), limit=2, progress=False,
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"no API key; set \$OPENAI_API_KEY"):
+        run_generate(cfg)
+
+
+def test_cli_key_set_and_stats(fake_openai, tmp_path):
+    from click.testing import CliRunner
+
+    from protege.cli import main
+    from protege.teacher.keys import get_key
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["teacher", "key", "set", "MY_KEY"], input="sk-abc\n")
+    assert result.exit_code == 0 and get_key("MY_KEY") == "sk-abc"
+    run_generate(_cfg(fake_openai, tmp_path, limit=3))
+    result = runner.invoke(main, ["teacher", "stats", "--json"])
+    (row,) = json.loads(result.output)
+    assert (row["model"], row["calls"], row["ok"], row["failed"]) == ("fake-model", 3, 3, 0)
+    assert runner.invoke(main, ["teacher", "stats"]).exit_code == 0
