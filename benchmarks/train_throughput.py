@@ -47,9 +47,10 @@ def run_protege(examples, steps: int, batch_size: int) -> dict:
     trainer.set_seed(0)
     model, tok = load_student(MODEL)
     items = encode(examples, tok, SRC_PAD, TGT_PAD)  # same truncation limits as the reference
-    lengths = [len(e.input_ids) + len(e.target_ids) for e in items]
-    batches = length_grouped_batches(lengths, batch_size, seed=0, epoch=0)
-    real = sum(lengths)
+    src = [len(e.input_ids) for e in items]
+    tgt = [len(e.target_ids) for e in items]
+    batches = length_grouped_batches(src, tgt, batch_size, seed=0, epoch=0)
+    real = sum(src) + sum(tgt)
     processed = sum(
         len(b)
         * (max(len(items[i].input_ids) for i in b) + max(len(items[i].target_ids) for i in b))

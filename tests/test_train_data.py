@@ -74,13 +74,19 @@ def test_collate_pads_dynamically_with_ignore_index(tok):
 
 
 def test_length_grouping_is_deterministic_complete_and_tight():
-    lengths = [(i * 37) % 101 + 5 for i in range(200)]
-    a = length_grouped_batches(lengths, 8, seed=1, epoch=0, mega_batch=25)
-    assert a == length_grouped_batches(lengths, 8, seed=1, epoch=0, mega_batch=25)
-    assert a != length_grouped_batches(lengths, 8, seed=1, epoch=1, mega_batch=25)
+    src = [(i * 37) % 101 + 5 for i in range(200)]
+    tgt = [(i * 53) % 61 + 3 for i in range(200)]
+    a = length_grouped_batches(src, tgt, 8, seed=1, epoch=0, mega_batch=25)
+    assert a == length_grouped_batches(src, tgt, 8, seed=1, epoch=0, mega_batch=25)
+    assert a != length_grouped_batches(src, tgt, 8, seed=1, epoch=1, mega_batch=25)
     assert sorted(i for b in a for i in b) == list(range(200))
-    processed = sum(len(b) * max(lengths[i] for i in b) for b in a)
-    assert sum(lengths) / processed > 0.95
+
+    def efficiency(batches):
+        cost = sum(len(b) * (max(src[i] for i in b) + max(tgt[i] for i in b)) for b in batches)
+        return (sum(src) + sum(tgt)) / cost
+
+    unsorted = [list(range(i, i + 8)) for i in range(0, 200, 8)]
+    assert efficiency(a) > 0.85 > efficiency(unsorted)
 
 
 def write(path, rows):

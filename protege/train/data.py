@@ -112,19 +112,30 @@ def encode(examples: list[Example], tok, max_source_len: int, max_target_len: in
 
 
 def length_grouped_batches(
-    lengths: list[int], batch_size: int, seed: int, epoch: int, mega_batch: int = 50
+    src_lengths: list[int],
+    tgt_lengths: list[int],
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    mega_batch: int = 50,
 ) -> list[list[int]]:
-    """Index batches of similar length: shuffle, sort within windows of `mega_batch` batches,
-    cut into batches, shuffle the batches. Deterministic in (seed, epoch), so a resumed run
-    sees the same order."""
+    """Index batches of similar source AND target length, so dynamic padding wastes little.
+
+    Shuffle; within windows of `mega_batch` batches sort by source length, then re-sort each
+    run of 4 batches by target length (a batch costs its longest source plus its longest
+    target; this two-key order beats sorting by either or by their sum); cut into batches;
+    shuffle the batches. Deterministic in (seed, epoch), so a resumed run sees the same order.
+    """
     rng = random.Random(f"{seed}-{epoch}")
-    order = list(range(len(lengths)))
+    order = list(range(len(src_lengths)))
     rng.shuffle(order)
-    window = batch_size * mega_batch
+    window, group = batch_size * mega_batch, batch_size * 4
     batches = []
     for start in range(0, len(order), window):
-        chunk = sorted(order[start : start + window], key=lambda i: -lengths[i])
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+        by_src = sorted(order[start : start + window], key=lambda i: -src_lengths[i])
+        for g in range(0, len(by_src), group):
+            chunk = sorted(by_src[g : g + group], key=lambda i: -tgt_lengths[i])
+            batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
 

@@ -67,10 +67,12 @@ def linear_schedule(optimizer, warmup_steps: int, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def local_batches(lengths, cfg: TrainConfig, epoch: int, rank: int, world: int) -> list[list[int]]:
+def local_batches(items, cfg: TrainConfig, epoch: int, rank: int, world: int) -> list[list[int]]:
     """This process's batches of one epoch: the same global order everywhere, dealt round-robin
     (trimmed to a multiple of the world size so every process takes the same number of steps)."""
-    batches = length_grouped_batches(lengths, cfg.batch_size, cfg.seed, epoch, cfg.mega_batch)
+    src = [len(e.input_ids) for e in items]
+    tgt = [len(e.target_ids) for e in items]
+    batches = length_grouped_batches(src, tgt, cfg.batch_size, cfg.seed, epoch, cfg.mega_batch)
     batches = batches[: len(batches) // world * world] or batches[:world]
     return batches[rank::world]
 
@@ -119,10 +121,9 @@ def train_one(
     train_enc = encode(train.examples, tok, cfg.max_source_len, cfg.max_target_len)
     dev_enc = encode(dev.examples, tok, cfg.max_source_len, cfg.max_target_len)
     weights = None if task.format == "label" else (cfg.split[0], cfg.split[1])
-    lengths = [len(e.input_ids) + len(e.target_ids) for e in train_enc]
     rank, world = accelerator.process_index, accelerator.num_processes
 
-    n_local = len(local_batches(lengths, cfg, 0, rank, world))
+    n_local = len(local_batches(train_enc, cfg, 0, rank, world))
     steps_per_epoch = math.ceil(n_local / cfg.grad_accum)
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
     eval_every = max(1, steps_per_epoch // cfg.evals_per_epoch)
@@ -168,7 +169,7 @@ def train_one(
     bar = tqdm(total=total_steps, initial=step, desc=run_id, disable=not main, dynamic_ncols=True)
     model.train()
     while step < total_steps and not stopped_early:
-        batches = local_batches(lengths, cfg, epoch, rank, world)
+        batches = local_batches(train_enc, cfg, epoch, rank, world)
         chunks = [batches[i : i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
         start = pos
         for pos in range(start, len(chunks)):  # noqa: B007 (pos is saved in last/)
