@@ -26,7 +26,7 @@ from protege.data.io import (
     write_json,
     write_jsonl,
 )
-from protege.errors import DataError
+from protege.errors import DataError, ProtegeError
 from protege.recipe import (
     SPLITS,
     RecipeConfig,
@@ -126,11 +126,11 @@ def run_recipe(recipe: RecipeConfig, force: bool = False) -> RunResult:
             lambda s=split, o=out: write_jsonl(o, prepare_split(recipe, s)),
         )
         data[split] = out
-    _check_hygiene(data)
+    _check_hygiene(recipe, data, run)
 
     # 2. recorded teacher answers, then the teacher steps.
     for imp in recipe.imports:  # always: cheap, idempotent, and the store may be a new one
-        _import(imp)
+        _import(recipe, imp)
     inputs = dict(data)
     for step in recipe.generate:
         out = run / "generate" / f"{step.name}.jsonl"
@@ -156,21 +156,37 @@ def run_recipe(recipe: RecipeConfig, force: bool = False) -> RunResult:
 
     # 3. train the grid; 4. evaluate every checkpoint on test; 5. report. With variants, each
     # student gets its own sub-run directory (RUN/<variant>/train, eval, report).
-    outputs = {"data": inputs["train"], **{s.name: run / "generate" / f"{s.name}.jsonl" for s in recipe.generate}}
+    outputs = {
+        "data": inputs["train"],
+        **{s.name: run / "generate" / f"{s.name}.jsonl" for s in recipe.generate},
+    }
     targets = [(run, None)] if not recipe.variants else [(run / v.name, v) for v in recipe.variants]
     report = None
     for sub, variant in targets:
         train_path = outputs[variant.train_from] if variant else inputs["train"]
         prefix = f"{variant.name}:" if variant else ""
-        report = _student_stages(recipe, stages, prefix, sub, run, train_path, inputs["dev"],
-                                 data["test"], teacher_file, variant.train if variant else None)
+        report = _student_stages(
+            recipe,
+            stages,
+            prefix,
+            sub,
+            run,
+            train_path,
+            inputs["dev"],
+            data["test"],
+            teacher_file,
+            variant.train if variant else None,
+        )
     if recipe.variants:
         report = _variants_report(recipe, run)
-    return RunResult(run, report if report and report.exists() else None, stages.ran, stages.skipped)
+    return RunResult(
+        run, report if report and report.exists() else None, stages.ran, stages.skipped
+    )
 
 
-def _student_stages(recipe, stages, prefix, sub, run, train_path, dev_path, test_path,
-                    teacher_file, extra) -> Path:
+def _student_stages(
+    recipe, stages, prefix, sub, run, train_path, dev_path, test_path, teacher_file, extra
+) -> Path:
     train_dir = sub / "train"
     tcfg = train_dict(recipe, str(train_path), str(dev_path), str(train_dir), extra)
     train_fp = fingerprint(tcfg, file_sha256(train_path), file_sha256(dev_path))
@@ -181,8 +197,12 @@ def _student_stages(recipe, stages, prefix, sub, run, train_path, dev_path, test
 
     teacher_fp = file_sha256(teacher_file) if teacher_file and teacher_file.exists() else None
     eval_fp = fingerprint(train_fp, recipe.eval, file_sha256(test_path), teacher_fp)
-    stages.run(f"{prefix}eval", eval_fp, [sub / "eval" / "summary.json"],
-               lambda: _evaluate(recipe, sub, test_path, teacher_file))
+    stages.run(
+        f"{prefix}eval",
+        eval_fp,
+        [sub / "eval" / "summary.json"],
+        lambda: _evaluate(recipe, sub, test_path, teacher_file),
+    )
     report = sub / "report" / "report.html"
     gen_fps = [stages.done.get(k) for k in sorted(stages.done) if k.startswith("generate:")]
     report_fp = fingerprint(eval_fp, recipe.report, gen_fps)
@@ -199,23 +219,39 @@ def _set_aside(path: Path, old_fp: str) -> None:
     console.print(f"[yellow]{path.name}: config changed; earlier results kept in {dest}[/yellow]")
 
 
-def _check_hygiene(data: dict[str, Path]) -> None:
-    from protege.evaluate.hygiene import check_splits
+def _check_hygiene(recipe: RecipeConfig, data: dict[str, Path], run: Path) -> None:
+    """Training or selecting on test is refused; rows shared by two splits are reported."""
+    from protege.evaluate.hygiene import check_splits, refuse_test_use, same_file
 
-    check_splits({k: str(v) for k, v in data.items()}, console=console)
+    test_path, test_slice = split_source(recipe.data.test)
+    for role, split in (("training", "train"), ("selection (dev)", "dev")):
+        refuse_test_use(data[split], data["test"], role)
+        path, sl = split_source(getattr(recipe.data, split))
+        if is_file_source(path) and same_file(path, test_path):
+            n = len(read_records(path))
+            rows = set(range(n)[sl or slice(None)]) & set(range(n)[test_slice or slice(None)])
+            if rows:
+                raise ProtegeError(
+                    f"data.{split}: {len(rows)} of its rows are test rows of {test_path}; "
+                    f"{role} on test is refused (use disjoint slices, e.g. [:800] and [800:])"
+                )
+    found = check_splits({k: read_records(v) for k, v in data.items()}, recipe.task)
+    write_json(run / "data" / "hygiene.json", found)
+    for pair in found["pairs"]:
+        a, b = pair["splits"]
+        console.print(
+            f"[yellow]split hygiene: {a} and {b} share {pair['same_uid']} uids and "
+            f"{pair['same_input']} inputs (see {run / 'data' / 'hygiene.json'})[/yellow]"
+        )
 
 
-def _import(imp) -> None:
-    from protege.teacher.importer import import_answers
+def _import(recipe: RecipeConfig, imp) -> None:
+    from protege.teacher.config import TeacherConfig
+    from protege.teacher.replay import import_answers
 
-    import_answers(
-        imp.file,
-        prompt_field=imp.prompt_field,
-        response_field=imp.response_field,
-        model=imp.model,
-        system=imp.system,
-        params=imp.params,
-    )
+    teacher = from_dict(TeacherConfig, {**recipe.teacher, "model": imp.model, **imp.params})
+    n = import_answers(imp.file, imp.prompt_field, imp.response_field, teacher, system=imp.system)
+    console.print(f"imported {n} recorded answers of {imp.model} from {imp.file}")
 
 
 def _generate(cfg: dict[str, Any], run: Path, name: str) -> None:
@@ -234,9 +270,12 @@ def _train(cfg: dict[str, Any]) -> None:
 
 
 def _evaluate(recipe: RecipeConfig, run: Path, test: Path, teacher_file: Path | None) -> None:
-    from protege.evaluate import evaluate_run
+    from protege.evaluate import Decoding, evaluate_run
 
-    evaluate_run(run, test, recipe.task, teacher_file=teacher_file, **recipe.eval)
+    kwargs = dict(recipe.eval)
+    if "decoding" in kwargs:
+        kwargs["decoding"] = from_dict(Decoding, kwargs["decoding"], "eval.decoding")
+    evaluate_run(run, test, recipe.task, teacher_file=teacher_file, **kwargs)
 
 
 def _report(recipe: RecipeConfig, sub: Path, run: Path) -> None:
@@ -247,4 +286,6 @@ def _report(recipe: RecipeConfig, sub: Path, run: Path) -> None:
 
 def _variants_report(recipe: RecipeConfig, run: Path) -> Path:
     """One table over the variants (Paper B's Table 2), linking each variant's own report."""
-    raise NotImplementedError
+    from protege.report.variants import variants_report
+
+    return variants_report(run, [(v.name, v.train_from) for v in recipe.variants], **recipe.report)

@@ -185,11 +185,16 @@ def zeroshot_dict(recipe: RecipeConfig, inp: str, out: str) -> dict:
     return {**cfg, "teacher": teacher, "input": inp, "output": out}
 
 
-def train_dict(recipe: RecipeConfig, train: str, dev: str, out: str) -> dict:
+def train_dict(
+    recipe: RecipeConfig, train: str, dev: str, out: str, extra: dict | None = None
+) -> dict:
+    """The TrainConfig mapping of a recipe: its train section, a variant's overrides, and the
+    task, data and output paths the pipeline fills in."""
     from protege.config import to_dict
 
     return {
         **recipe.train,
+        **(extra or {}),
         "task": to_dict(recipe.task),
         "train_data": train,
         "dev_data": dev,

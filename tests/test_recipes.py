@@ -1,0 +1,69 @@
+"""Every shipped recipe loads and every stage config inside it validates."""
+
+from pathlib import Path
+
+import pytest
+
+from protege.errors import ConfigError
+from protege.recipe import load_recipe, split_source, validate_recipe
+
+RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+
+
+def test_recipes_are_shipped():
+    names = {p.name for p in RECIPES}
+    assert {
+        "demo.yaml",
+        "anli-emanli.yaml",
+        "anli-smanli.yaml",
+        "cnn-reverse.yaml",
+        "anli-replay.yaml",
+    } <= names
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_recipe_validates_and_opens_with_its_command(path):
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# ") and ("protege run" in first or "make demo" in first)
+    assert path.name in first or "make demo" in first
+    validate_recipe(load_recipe(path))
+
+
+def test_paper_a_recipes_match_the_paper():
+    for name, rec, rname in (
+        ("anli-emanli", "explain", "Explanation"),
+        ("anli-smanli", "5w", "Rationale"),
+    ):
+        r = load_recipe(Path(__file__).parent.parent / "recipes" / f"{name}.yaml")
+        assert r.teacher["model"] == "gpt-3.5-turbo-0125"
+        assert (r.teacher["temperature"], r.teacher["seed"], r.teacher["max_tokens"]) == (
+            0.2,
+            123,
+            400,
+        )
+        assert r.train["model"] == "t5-small"
+        assert r.train["grid"]["learning_rates"] == [6e-4, 1.2e-3, 2.4e-3]
+        assert r.train["grid"]["splits"] == [[0.25, 0.75], [0.5, 0.5], [0.75, 0.25]]
+        assert r.generate[0].config["recipe"] == rec and r.task.rationale_name == rname
+
+
+def test_bad_recipe_fields_are_named(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("data: {train: a.jsonl, dev: b.jsonl, test: c.jsonl}\ntrain: {epochz: 3}\n")
+    with pytest.raises(ConfigError, match="epochz"):
+        validate_recipe(load_recipe(path))
+    path.write_text("data: {train: a.jsonl, dev: b.jsonl}\n")
+    with pytest.raises(ConfigError, match="data.test is required"):
+        load_recipe(path)
+    path.write_text(
+        "data: {train: a.jsonl, dev: b.jsonl, test: c.jsonl}\n"
+        "variants: [{name: v, train_from: nothing}]\n"
+    )
+    with pytest.raises(ConfigError, match="no generate step named 'nothing'"):
+        load_recipe(path)
+
+
+def test_split_source_slices():
+    assert split_source("a/dev.jsonl[:800]") == ("a/dev.jsonl", slice(None, 800))
+    assert split_source("a/dev.jsonl[800:]") == ("a/dev.jsonl", slice(800, None))
+    assert split_source("anli") == ("anli", None)
