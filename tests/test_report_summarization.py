@@ -36,7 +36,7 @@ def summ_run(tmp_path_factory):
             for r in test[: N - 1]
         ]
         write_jsonl(run / "generate" / "teacher-zeroshot.jsonl", answers)
-        for variant, dev_rl in (("gold", 30.0), ("synthetic", 28.0)):
+        for variant, dev_rl in (("gold", 0.30), ("synthetic", 0.28)):
             cid = "lr0.001-s0"
             for ck in ("best-loss", "best-accuracy"):
                 shutil.copytree(model, run / variant / "train" / cid / ck)
@@ -114,5 +114,6 @@ def test_variants_report_compares_students_with_teacher(summ_run):
         if line.startswith(("| gold", "| synthetic", "| teacher zero-shot"))
     ]
     assert [r.split("|")[1].strip() for r in rows] == ["gold", "synthetic", "teacher zero-shot"]
-    assert "gold/report/report.html" in md
-    assert (summ_run / "report" / "report.html").exists()
+    assert "[gold](gold/report/report.html)" in md
+    html = (summ_run / "report" / "report.html").read_text()
+    assert "<a href='gold/report/report.html'>gold</a>" in html

@@ -31,9 +31,10 @@ code { background: #f3f3f3; padding: 0 .2rem; }
 
 
 def _inline(text: str) -> str:
-    """Escape, then the two bits of Markdown the sections use: `code` and **bold**."""
+    """Escape, then the bits of Markdown the sections use: `code`, **bold**, [text](link)."""
     text = html.escape(text)
     text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    text = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r"<a href='\2'>\1</a>", text)
     return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
 
 

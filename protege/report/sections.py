@@ -56,9 +56,15 @@ def split_text(cfg: dict[str, Any]) -> str:
 
 
 def dev_value(best: dict[str, Any] | None, metric: str) -> float | None:
+    """The dev score training recorded, on the scale the report shows for test: accuracy as
+    a fraction (shown in %), ROUGE-L x100 (training records it as a fraction, rouge-score's
+    F-measure; evaluation reports ROUGE x100)."""
     if not best:
         return None
-    return best.get("eval_accuracy" if metric == "accuracy" else "eval_rougeL")
+    if metric == "accuracy":
+        return best.get("eval_accuracy")
+    value = best.get("eval_rougeL")
+    return 100.0 * value if value is not None else None
 
 
 def hygiene_section(run: RunFiles) -> Section:
@@ -212,7 +218,7 @@ def _series(run: RunFiles, key: str, group_by_format: bool) -> dict[str, dict[st
     groups: dict[str, dict[str, list]] = defaultdict(dict)
     for cfg in run.results:
         pts = [
-            (h["epoch"], h[key] * (100.0 if key == "eval_accuracy" else 1.0))
+            (h["epoch"], h[key] * (1.0 if key == "eval_bleu" else 100.0))
             for h in run.history(cfg)
             if h.get(key) is not None and h.get("epoch") is not None
         ]
