@@ -127,3 +127,22 @@ def test_cli_key_set_and_stats(fake_openai, tmp_path):
     (row,) = json.loads(result.output)
     assert (row["model"], row["calls"], row["ok"], row["failed"]) == ("fake-model", 3, 3, 0)
     assert runner.invoke(main, ["teacher", "stats"]).exit_code == 0
+
+
+def test_client_errors_fail_at_once_without_retries(fake_openai, tmp_path):
+    fake_openai.faults.extend(["400", "400"])
+    result = run_generate(_cfg(fake_openai, tmp_path, limit=2))
+    assert (result.n_failed, result.n_retries, result.n_written) == (2, 0, 0)
+    assert "bad request" in result.errors[0] and len(fake_openai.log) == 2
+
+
+def test_csv_input_with_mapped_fields(fake_openai, tmp_path):
+    data = tmp_path / "pairs.csv"
+    data.write_text("id,text_a,text_b,gold\n1,A man sleeps.,Someone rests.,entailment\n")
+    cfg = _cfg(fake_openai, tmp_path, input=str(data),
+               fields={"premise": "text_a", "hypothesis": "text_b", "label": "gold"})  # fmt: skip
+    assert run_generate(cfg).n_written == 1
+    assert (
+        "A man sleeps.\n\nentails the following"
+        in fake_openai.log[0]["body"]["messages"][0]["content"]
+    )

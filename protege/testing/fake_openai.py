@@ -8,6 +8,7 @@ global queue or from a queue per prompt substring:
 
     429[:S]    HTTP 429 with Retry-After: S (default 1)
     500        HTTP 500
+    400        HTTP 400 (a request error: not worth retrying)
     timeout    never answers (the client's timeout fires)
     drop       closes the connection without a response
     malformed  HTTP 200 whose body is not JSON
@@ -140,7 +141,13 @@ class FakeOpenAI:
     def _send(
         self, writer: asyncio.StreamWriter, status: int, payload: bytes, extra: str = ""
     ) -> None:
-        reason = {200: "OK", 404: "Not Found", 429: "Too Many Requests", 500: "Server Error"}
+        reason = {
+            200: "OK",
+            400: "Bad Request",
+            404: "Not Found",
+            429: "Too Many Requests",
+            500: "Server Error",
+        }
         writer.write(
             f"HTTP/1.1 {status} {reason.get(status, 'X')}\r\ncontent-type: application/json\r\n"
             f"content-length: {len(payload)}\r\n{extra}\r\n".encode()
@@ -179,8 +186,13 @@ class FakeOpenAI:
             )
             await writer.drain()
             return True
-        if fault == "500":
-            self._send(writer, 500, b'{"error": {"message": "internal error"}}')
+        if fault in ("400", "500"):
+            message = (
+                b'{"error": {"message": "bad request"}}'
+                if fault == "400"
+                else b'{"error": {"message": "internal error"}}'
+            )
+            self._send(writer, int(fault), message)
             await writer.drain()
             return True
         if fault == "malformed":
