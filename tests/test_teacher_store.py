@@ -83,6 +83,7 @@ def test_retry_after_and_backoff():
     assert retry_after({"retry-after-ms": "1500"}) == 1.5
     assert retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0  # in the past
     assert retry_after({}) is None
+    assert retry_after({"retry-after": "soon"}) is None
     for attempt in range(8):
         assert 0 <= backoff(attempt, 1.0, None) <= min(60, 2**attempt)
     assert backoff(0, 1.0, 5.0) == 5.0  # Retry-After is a floor
