@@ -60,7 +60,9 @@ def local_server(
     if not path.exists():
         raise ConfigError(f"teacher.gguf: no such file {path}")
     port = free_port()
-    threads = n_threads or max(1, min(4, os.cpu_count() or 1))
+    # Half the cores: llama.cpp's threads spin while they wait, and on a shared machine more
+    # threads than free cores makes it many times slower, not faster.
+    threads = n_threads or max(1, min(8, (os.cpu_count() or 2) // 2))
     cmd = [
         sys.executable, "-m", "llama_cpp.server", "--model", str(path),
         "--model_alias", model_alias, "--host", "127.0.0.1", "--port", str(port),
