@@ -125,6 +125,8 @@ def make_run(root: Path, models: dict[str, Path]) -> Path:
             ("accuracy", "best-accuracy", 6, accs[2]),
         ):
             shutil.copytree(model_dir, run / "train" / cid / dirname)
+            meta = {"data": {"dev": {"records": 120}}, "step": step}
+            write_json(run / "train" / cid / dirname / "protege_meta.json", meta)
             best[kind] = {
                 "step": step,
                 "epoch": step / 4,

@@ -47,7 +47,13 @@ def test_report_has_every_section_filled(evaluated_run):
     # Table 1 row of the rationale config: dev 55.0 / test 41.7 (5 of 12 neutral) / BLEU 100.
     row = next(line for line in md.splitlines() if line.startswith("| ab25-lr0.001-s0"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[5:9] == ["55.0", "41.7 [16.7, 66.7]", "60.0", "41.7 [16.7, 66.7]"]
+    # dev with a Wilson interval over 120 dev rows (55% -> [46.1, 63.6], 60% -> [51.1, 68.3])
+    assert cells[5:9] == [
+        "55.0 [46.1, 63.6]",
+        "41.7 [16.7, 66.7]",
+        "60.0 [51.1, 68.3]",
+        "41.7 [16.7, 66.7]",
+    ]
     assert cells[9:11] == ["100.0", "100.0"]  # coverage, corpus BLEU
     base = next(line for line in md.splitlines() if line.startswith("| baseline-lr0.001-s0"))
     assert [c.strip() for c in base.strip("|").split("|")][10] == "–"  # no rationale, no BLEU

@@ -59,3 +59,11 @@ def test_aggregate_over_seeds():
     assert agg["std"] == pytest.approx(0.02)  # sample std
     assert S.aggregate([0.5]) == {"mean": 0.5, "std": None, "n": 1}
     assert S.aggregate([None, math.nan])["n"] == 0
+
+
+def test_wilson_interval_textbook_values():
+    lo, hi = S.wilson_ci(0.5, 100)
+    assert (round(lo, 3), round(hi, 3)) == (0.404, 0.596)
+    assert S.wilson_ci(0.0, 10)[0] == 0.0 and S.wilson_ci(0.0, 10)[1] == pytest.approx(
+        0.2775, abs=1e-4
+    )

@@ -27,7 +27,7 @@ from protege.evaluate.model_eval import (
 )
 from protege.evaluate.predict import Decoding
 from protege.evaluate.score import headline, per_example_scores
-from protege.evaluate.stats import aggregate, mcnemar, paired_bootstrap
+from protege.evaluate.stats import aggregate, mcnemar, paired_bootstrap, wilson_ci
 from protege.formats import TaskConfig
 
 CHECKPOINTS = {"loss": "best-loss", "accuracy": "best-accuracy"}
@@ -36,9 +36,37 @@ TEACHER_FILE = Path("generate") / "teacher-zeroshot.jsonl"
 
 
 def recipe_defaults(run_dir: str | Path) -> dict[str, Any]:
-    """`task` and `data` from `RUN_DIR/recipe.yaml`, if the run has one."""
-    path = Path(run_dir) / "recipe.yaml"
-    return read_yaml(path) if path.exists() else {}
+    """`task` and `data` from `RUN_DIR/recipe.yaml` (a variant's sub-run: its parent's)."""
+    for path in (Path(run_dir) / "recipe.yaml", Path(run_dir).parent / "recipe.yaml"):
+        if path.exists():
+            return read_yaml(path)
+    return {}
+
+
+def training_sources(run_dir: Path, data: dict[str, Any]) -> dict[str, str]:
+    """The train and dev files the run actually trained and selected on: from the resolved
+    `train/train_config.yaml` that training writes, else from the recipe's `data`."""
+    path = run_dir / "train" / "train_config.yaml"
+    tc = read_yaml(path) if path.exists() else {}
+    found = {
+        "train": tc.get("train_data") or data.get("train"),
+        "dev": tc.get("dev_data") or data.get("dev"),
+    }
+    return {k: str(v) for k, v in found.items() if v}
+
+
+def _read_for_hygiene(
+    sources: dict[str, str], test: list[dict[str, Any]]
+) -> tuple[dict, list[str]]:
+    """Rows of each split that is a plain local file; others (hub names, `file[a:b]` slices
+    the pipeline already checked) are listed as not checked rather than fetched."""
+    splits, skipped = {"test": test}, []
+    for key, source in sources.items():
+        if Path(source).is_file():
+            splits[key] = read_records(source, key)
+        else:
+            skipped.append(f"{key}: {source}")
+    return splits, skipped
 
 
 def resolve_inputs(
@@ -77,14 +105,12 @@ def evaluate_run(
     if not results_path.exists():
         raise ProtegeError(f"{run_dir}: no train/results.json (train the run first)")
     results = json.loads(results_path.read_text())
+    sources = training_sources(run_dir, data)
     for role, key in (("training", "train"), ("selection (dev)", "dev")):
-        refuse_test_use(data.get(key), test_path, role)
+        refuse_test_use(sources.get(key), test_path, role)
     test = read_records(test_path, "test")
-    splits = {"test": test}
-    for key in ("train", "dev"):
-        if data.get(key):
-            splits[key] = read_records(data[key], key)
-    hygiene = check_splits(splits, task)
+    splits, skipped = _read_for_hygiene(sources, test)
+    hygiene = {**check_splits(splits, task), "not_checked": skipped}
     decoding = (decoding or Decoding()).resolved(task)
     test_sha = file_sha256(test_path) if Path(test_path).exists() else test_path
     eval_dir = run_dir / "eval"
@@ -127,7 +153,7 @@ def evaluate_run(
                     "checkpoint": dirname,
                     **{k: cfg.get(k) for k in ("model", "format", "lr", "split", "seed")},
                     "baseline": bool(cfg.get("baseline")),
-                    "dev": {k: v for k, v in best.items() if k != "path"},
+                    "dev": _dev_metrics(best, model_dir),
                     "test": result["metrics"],
                     "speed": result["speed"],
                     "files": str(out.relative_to(run_dir)),
@@ -148,6 +174,7 @@ def evaluate_run(
         "test": test_path,
         "test_sha256": test_sha,
         "n_test": len(test),
+        "sources": sources,
         "task": to_dict(task),
         "headline": headline(task),
         "decoding": decoding.to_dict(),
@@ -165,6 +192,19 @@ def _weights_stamp(model_dir: Path) -> list[Any]:
     """Size and mtime of the weight files: changes when a checkpoint is overwritten."""
     files = sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin"))
     return [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+
+
+def _dev_metrics(best: dict[str, Any], model_dir: Path) -> dict[str, Any]:
+    """The checkpoint's dev scores from results.json, with the number of dev rows (from the
+    checkpoint's protege_meta.json) and a Wilson 95% interval on dev accuracy."""
+    dev = {k: v for k, v in best.items() if k != "path"}
+    meta_path = model_dir / "protege_meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    n = ((meta.get("data") or {}).get("dev") or {}).get("records")
+    dev["n"] = n
+    if n and dev.get("eval_accuracy") is not None:
+        dev["accuracy_ci"] = list(wilson_ci(dev["eval_accuracy"], n))
+    return dev
 
 
 def dev_score(entry: dict[str, Any], task: TaskConfig) -> float | None:

@@ -50,6 +50,17 @@ def mean_ci(
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
 
+def wilson_ci(p: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson 95% interval of a proportion `p` observed on `n` rows: for scores recorded
+    without per-example values (dev accuracy from training), where no bootstrap is possible."""
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def paired_bootstrap(
     a: Sequence[float], b: Sequence[float], n_boot: int = N_BOOT, seed: int = 0
 ) -> dict[str, float]:

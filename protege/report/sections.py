@@ -73,6 +73,9 @@ def hygiene_section(run: RunFiles) -> Section:
         s.empty = "No eval/summary.json: run `protege eval RUN_DIR` to check the splits."
         return s
     pairs = run.summary["hygiene"]["pairs"]
+    skipped = run.summary["hygiene"].get("not_checked") or []
+    if skipped:
+        s.paragraphs.append(f"Not checked (not a local file): {'; '.join(skipped)}.")
     if not pairs:
         s.paragraphs.append("No uid and no normalised input text is shared between the splits.")
         return s
@@ -113,7 +116,7 @@ def grid_section(run: RunFiles) -> Section:
     cls = run.kind == "classification"
     headers = ["config", "format", "lr", "split (label/rationale)", "seed"]
     for ck in ("best-loss", "best-accuracy"):
-        headers += [f"{ck} dev", f"{ck} test [95% CI]"]
+        headers += [f"{ck} dev" + (" [95% CI]" if cls else ""), f"{ck} test [95% CI]"]
     if cls:
         headers += ["coverage", "BLEU", "sentBLEU"]
     headers.append("Δ test vs baseline")
@@ -132,7 +135,9 @@ def grid_section(run: RunFiles) -> Section:
             e = run.entries.get(f"{cfg['id']}/{ck}")
             test = (e or {}).get("test") or {}
             test_text = f"{run.fmt(test.get(m))} {ci(test.get(f'{m}_ci'), run.scale())}"
-            row += [run.fmt(dev_value(best.get(kind), m)), test_text.strip()]
+            dev_ci = ci(((e or {}).get("dev") or {}).get("accuracy_ci"), run.scale())
+            dev_text = f"{run.fmt(dev_value(best.get(kind), m))} {dev_ci}"
+            row += [dev_text.strip(), test_text.strip()]
             acc_entry = e if ck == "best-accuracy" else acc_entry
         t = (acc_entry or {}).get("test") or {}
         if cls:
@@ -141,8 +146,9 @@ def grid_section(run: RunFiles) -> Section:
         rows.append(row)
     s.tables.append(Table(headers, rows))
     notes = [
-        "dev = the selection metric recorded by training (no interval: per-example dev scores "
-        "are not kept); test = this evaluation, with a bootstrap 95% interval.",
+        "dev = the selection metric recorded by training (its interval is a Wilson 95% "
+        "interval over the dev rows, as per-example dev scores are not kept); test = this "
+        "evaluation, with a bootstrap 95% interval.",
     ]
     if cls:
         notes.append(
