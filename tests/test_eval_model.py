@@ -104,3 +104,15 @@ def test_readable_restores_connectors_of_uncased_decoding():
     task = TaskConfig(format="label+rationale")
     assert readable(task, "neutral explanation : it says") == "neutral Explanation: it says"
     assert readable(task, "x answer : neutral") == "x Answer: neutral"
+
+
+def test_multitask_student_is_asked_for_rationales_separately():
+    model = tiny_models()["baseline"]  # answers "neutral" to any input, explain: included
+    rows = [{**r, "rationale": "neutral"} for r in read_records(sample_path("nli", "test"))[:4]]
+    task = TaskConfig(format="multitask")
+    r = evaluate_model(model, rows, task, decoding=Decoding(max_new_tokens=4))
+    m = r["metrics"]
+    assert m["n_rationale_refs"] == 4
+    assert m["bleu"] == 0.0  # a one-word hypothesis has no 4-gram: corpus BLEU 0 ...
+    assert m["sentence_bleu_nltk"] == pytest.approx(0.0, abs=1e-12)  # NLTK: ~1e-231
+    assert [p["rationale"] for p in r["per_example"]] == ["neutral"] * 4  # ... but it answered

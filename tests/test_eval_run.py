@@ -12,6 +12,7 @@ from eval_util import N_TEST, make_run, one_thread, tiny_models
 from protege.cli import main
 from protege.errors import ProtegeError
 from protege.evaluate import evaluate_run
+from protege.formats import TaskConfig
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -99,3 +100,29 @@ def test_cli_eval_run_dir(run_dir):
 def test_cli_eval_rejects_other_dirs(tmp_path):
     res = CliRunner().invoke(main, ["eval", str(tmp_path)])
     assert res.exit_code != 0 and "neither a model dir" in res.output
+
+
+def test_seeds_are_aggregated_per_configuration():
+    from protege.evaluate.run_eval import _aggregates
+
+    task = TaskConfig()
+    entries = [
+        {
+            "model": "m",
+            "format": "label",
+            "lr": 1e-3,
+            "split": None,
+            "baseline": True,
+            "checkpoint": "best-loss",
+            "seed": seed,
+            "dev": {"eval_accuracy": dev},
+            "test": {"accuracy": acc, "coverage": 1.0, "bleu": None},
+        }
+        for seed, dev, acc in ((0, 0.5, 0.40), (1, 0.6, 0.44))
+    ]
+    (agg,) = _aggregates(entries, task)
+    assert agg["seeds"] == [0, 1]
+    assert agg["test_accuracy"]["mean"] == pytest.approx(0.42)
+    assert agg["test_accuracy"]["std"] == pytest.approx(0.02 * 2**0.5)
+    assert agg["dev"]["mean"] == pytest.approx(0.55)
+    assert agg["test_bleu"]["n"] == 0
