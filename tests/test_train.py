@@ -158,12 +158,13 @@ def test_grid_run_writes_the_contract_layout_and_skips_finished(tmp_path, capsys
 
 
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
-    cfg = tiny_config(tmp_path, epochs=3)  # 6 steps, evaluation (and last/) every step
+    # 6 steps, evaluation (and last/) every step; killed in the grid's second configuration.
+    cfg = tiny_config(tmp_path, epochs=3, grid={"baseline": True})
     real_save = ckpt.save_last
 
     def save_then_die(accelerator, state, dest):
         real_save(accelerator, state, dest)
-        if state["step"] == 3:
+        if state["step"] == 3 and not dest.parent.name.startswith("baseline"):
             raise KeyboardInterrupt("killed")
 
     monkeypatch.setattr(ckpt, "save_last", save_then_die)
@@ -178,10 +179,13 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
     real_step = trainer.train_step
     monkeypatch.setattr(trainer, "train_step", lambda *a: steps.append(1) or real_step(*a))
     run_train(cfg)
-    assert len(steps) == 3  # only the steps after the checkpoint
+    assert len(steps) == 3  # the baseline is done; only the steps after the checkpoint
     history = [json.loads(x) for x in (run_dir / "history.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]
     assert (run_dir / "DONE").exists()
+    steps_log = [json.loads(x) for x in (run_dir / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps_log] == [1, 2, 3, 4, 5, 6]
+    assert all(s["loss_label"] > 0 and s["loss_rationale"] > 0 for s in steps_log)
 
 
 def test_summarization_tracks_rouge(tmp_path):

@@ -71,27 +71,29 @@ def _variant(cfg: TrainConfig, **changes: Any) -> TrainConfig:
 
 def run_grid(cfg: TrainConfig) -> Path:
     """Run every configuration (skipping finished ones), then write the results table."""
-    from protege.train.trainer import make_accelerator, train_one
+    from accelerate import PartialState
+
+    from protege.train.trainer import cpu_ddp, train_one
 
     out = Path(cfg.output_dir)
-    accelerator = make_accelerator(cfg.mixed_precision)
-    if accelerator.is_main_process:
+    state = PartialState(cpu=cpu_ddp())
+    if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "train_config.yaml")
     results = []
     for point in expand_grid(cfg):
         run_dir = out / point.id
         if (run_dir / "DONE").exists() and (run_dir / "result.json").exists():
-            if accelerator.is_main_process:
+            if state.is_main_process:
                 print(f"[{point.id}] already done, skipping")
             results.append(json.loads((run_dir / "result.json").read_text()))
             continue
-        results.append(train_one(point.cfg, run_dir, point.id, accelerator, point.baseline))
-    if accelerator.is_main_process:
+        results.append(train_one(point.cfg, run_dir, point.id, point.baseline))
+    if state.is_main_process:
         write_json(out / "results.json", results)
         atomic_write_text(out / "results.md", results_markdown(results))
         print(results_markdown(results))
-    accelerator.wait_for_everyone()
+    state.wait_for_everyone()
     return out
 
 

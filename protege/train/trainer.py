@@ -50,10 +50,13 @@ def make_accelerator(mixed_precision: str = "auto"):
     if mixed_precision == "auto":
         gpu = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         mixed_precision = "bf16" if gpu else "no"
-    # Several processes and no GPU (`accelerate launch --multi_gpu` / torchrun on a CPU box):
-    # accelerate picks DDP over gloo only when told it runs on CPU.
-    cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+    return Accelerator(mixed_precision=mixed_precision, cpu=cpu_ddp())
+
+
+def cpu_ddp() -> bool:
+    """Several processes and no GPU (`accelerate launch --multi_gpu` / torchrun on a CPU box):
+    accelerate picks DDP over gloo only when told it runs on CPU."""
+    return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def linear_schedule(optimizer, warmup_steps: int, total_steps: int):
@@ -105,12 +108,13 @@ def train_step(model, optimizer, scheduler, micro_batches, weights, accelerator,
     return (totals / len(micro_batches)).tolist(), tokens
 
 
-def train_one(
-    cfg: TrainConfig, out: Path, run_id: str, accelerator, baseline: bool = False
-) -> dict[str, Any]:
+def train_one(cfg: TrainConfig, out: Path, run_id: str, baseline: bool = False) -> dict[str, Any]:
     """Train one configuration into `out`; resumes from `out/last` when it exists."""
     from tqdm.auto import tqdm
 
+    # A fresh Accelerator per configuration: what it tracks for save_state/load_state
+    # (model, optimizer, scheduler) must be this configuration's alone.
+    accelerator = make_accelerator(cfg.mixed_precision)
     main = accelerator.is_main_process
     task = cfg.task
     set_seed(cfg.seed)
@@ -152,13 +156,10 @@ def train_one(
         "versions": checkpoint.library_versions(),
         "data": {"train": train.counts(), "dev": dev.counts()},
     }
-    history_path = out / "history.jsonl"
+    history_path, steps_path = out / "history.jsonl", out / "steps.jsonl"
     state = checkpoint.load_last(accelerator, out / "last") or {"step": 0, "epoch": 0, "pos": 0}
-    history = (
-        [h for h in iter_jsonl(history_path) if h["step"] <= state["step"]] if state["step"] else []
-    )
-    for h in history:
-        h.pop("_line", None)
+    history = _read_upto(history_path, state["step"])
+    steps_log = _read_upto(steps_path, state["step"])  # both loss terms at every step
     step, epoch, pos = state["step"], state["epoch"], state["pos"]
     if main and step:
         print(f"[{run_id}] resuming from step {step} (epoch {epoch}, batch {pos})")
@@ -184,6 +185,10 @@ def train_one(
                 window["rationale"].append(rat),
             )
             window["tokens"] += tokens
+            lr = scheduler.get_last_lr()[0]
+            steps_log.append(
+                {"step": step, "loss": loss, "loss_label": lab, "loss_rationale": rat, "lr": lr}
+            )
             tps = window["tokens"] * world / max(1e-9, time.perf_counter() - window["t0"])
             bar.update(1)
             bar.set_postfix(
@@ -209,6 +214,7 @@ def train_one(
             history.append(entry)
             if main:
                 atomic_write_text(history_path, "".join(_json_line(h) for h in history))
+                atomic_write_text(steps_path, "".join(_json_line(h) for h in steps_log))
                 meta = {**meta_base, "step": step, "epoch": entry["epoch"], "metrics": entry}
                 if checkpoint.select_best(history, "eval_loss", False) is entry:
                     checkpoint.save_model_dir(unwrapped, tok, task, meta, out / "best-loss")
@@ -248,6 +254,16 @@ def train_one(
     accelerator.wait_for_everyone()
     accelerator.free_memory()
     return result
+
+
+def _read_upto(path: Path, step: int) -> list[dict[str, Any]]:
+    """The log entries a resumed run keeps: those up to its checkpoint's step."""
+    if not step or not path.exists():
+        return []
+    rows = [h for h in iter_jsonl(path) if h["step"] <= step]
+    for h in rows:
+        h.pop("_line", None)
+    return rows
 
 
 def _json_line(obj: dict) -> str:
