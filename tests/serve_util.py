@@ -22,7 +22,7 @@ def nli_rows(split: str = "train", n: int | None = None) -> list[dict]:
     return rows[:n] if n else rows
 
 
-def train_tiny(out: Path, fmt: str = "label+rationale", steps: int = 80, n_rows: int = 48) -> Path:
+def train_tiny(out: Path, fmt: str = "label+rationale", steps: int = 90, n_rows: int = 32) -> Path:
     """Build protege:tiny-t5-shaped random weights and fit them to `n_rows` NLI targets."""
     import torch
 
@@ -44,7 +44,7 @@ def train_tiny(out: Path, fmt: str = "label+rationale", steps: int = 80, n_rows:
     targets = []
     for e in examples:
         ids = [i for _, text in e.segments for i in tok(text, add_special_tokens=False).input_ids]
-        targets.append(ids[:24] + [eos])
+        targets.append(ids[:7] + [eos])  # the label and the rationale's start
     width = max(len(t) for t in targets)
     labels = torch.tensor([t + [-100] * (width - len(t)) for t in targets])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -57,4 +57,25 @@ def train_tiny(out: Path, fmt: str = "label+rationale", steps: int = 80, n_rows:
     model.eval()
     model.save_pretrained(out)
     save_task(task, out)
+    return out
+
+
+def trained_model(config, fmt: str = "label+rationale") -> Path:
+    """Train once, then reuse across test files and sessions from pytest's cache directory
+    (keyed by this file's source, so editing the recipe retrains)."""
+    import hashlib
+
+    import torch
+
+    key = hashlib.sha256((Path(__file__).read_text() + torch.__version__).encode()).hexdigest()
+    out = config.cache.mkdir("protege-serve") / f"tiny-{fmt.replace('+', '-')}-{key[:12]}"
+    if not (out / "protege_task.json").exists():
+        import shutil
+        import tempfile
+
+        tmp = Path(tempfile.mkdtemp(dir=out.parent)) / "model"
+        train_tiny(tmp, fmt=fmt)
+        if not out.exists():
+            tmp.rename(out)
+        shutil.rmtree(tmp.parent, ignore_errors=True)
     return out

@@ -1,0 +1,127 @@
+"""Predictor and `protege predict`: records and strings, rationales, resumable files, bad rows."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from serve_util import nli_rows, trained_model
+
+from protege.cli import main
+from protege.errors import DataError, ProtegeError
+from protege.formats import TaskConfig, save_task
+from protege.serve.batch import predict_file
+from protege.serve.predictor import Predictor, parse
+
+
+@pytest.fixture(scope="session")
+def tiny_nli(pytestconfig):
+    return trained_model(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def predictor(tiny_nli):
+    return Predictor.load(tiny_nli, batch_size=8)
+
+
+def write_rows(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_records_and_strings_give_the_same_prediction(predictor):
+    rows = nli_rows("dev", 5)
+    strings = [predictor.source(r) for r in rows]
+    assert predictor.predict(rows) == predictor.predict(strings)
+    assert all(p["label"] in predictor.task.labels for p in predictor.predict(rows))
+
+
+def test_rationale_on_request(predictor):
+    rows = nli_rows("dev", 3)
+    plain = predictor.predict(rows)
+    full = predictor.predict(rows, with_rationale=True)
+    assert all("rationale" not in p for p in plain)
+    assert all(p["rationale"] and p["rationale"].startswith("the hypothesis") for p in full)
+    assert [p["label"] for p in full] == [p["label"] for p in plain]
+
+
+def test_parse_tolerates_uncased_connector():
+    task = TaskConfig(format="label+rationale")
+    p = parse(task, "neutral explanation : the text says so.")
+    assert (p.label, p.rationale) == ("neutral", "the text says so.")
+    assert parse(task, "neutral neutral").label is None
+
+
+def test_multitask_student_explains_with_a_second_input(tmp_path):
+    from protege.student import build_random_student
+
+    d = build_random_student("t5", tmp_path / "m")
+    save_task(TaskConfig(format="multitask"), d)
+    p = Predictor.load(d, max_new_tokens=4)
+    assert p.source("x") == "predict: x"
+    out = p.predict(nli_rows("dev", 2), with_rationale=True)
+    assert all(o["label"] in p.task.labels and isinstance(o["rationale"], str) for o in out)
+
+
+def test_summarization_generates_text(tmp_path):
+    from protege.student import build_random_student
+
+    d = build_random_student("bart", tmp_path / "s")
+    save_task(TaskConfig(type="summarization", input_template="{article}"), d)
+    out = Predictor.load(d, max_new_tokens=5).predict([{"article": "a b c"}, "d e f"])
+    assert [set(o) for o in out] == [{"text"}, {"text"}]
+
+
+def test_predict_file_resumes_without_redoing(predictor, tmp_path, monkeypatch):
+    rows = nli_rows("dev", 20)
+    src = write_rows(tmp_path / "in.jsonl", rows)
+    full = predict_file(predictor, src, tmp_path / "full.jsonl", progress=False)
+    assert (full.n_rows, full.n_resumed, full.n_malformed) == (20, 0, 0)
+    lines = (tmp_path / "full.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["uid"] == rows[0]["uid"]
+    # An interrupted run: 5 complete rows and a torn sixth.
+    out = tmp_path / "out.jsonl"
+    (tmp_path / "out.jsonl.partial").write_text("\n".join(lines[:5]) + "\n" + lines[5][:17])
+    seen = []
+    real = predictor.predict
+    monkeypatch.setattr(predictor, "predict", lambda xs, **kw: seen.extend(xs) or real(xs, **kw))
+    r = predict_file(predictor, src, out, progress=False)
+    assert (r.n_resumed, r.n_predicted, len(seen)) == (5, 15, 15)
+    assert out.read_text().splitlines() == lines
+    assert not (tmp_path / "out.jsonl.partial").exists()
+    with pytest.raises(ProtegeError, match="already exists"):
+        predict_file(predictor, src, out, progress=False)
+
+
+def test_partial_from_another_input_is_refused(predictor, tmp_path):
+    src = write_rows(tmp_path / "in.jsonl", nli_rows("dev", 4))
+    other = write_rows(tmp_path / "other.jsonl", nli_rows("test", 4))
+    predict_file(predictor, other, tmp_path / "o.jsonl", progress=False)
+    (tmp_path / "o.jsonl").rename(tmp_path / "x.jsonl.partial")
+    with pytest.raises(ProtegeError, match="does not match the input's row 1"):
+        predict_file(predictor, src, tmp_path / "x.jsonl", progress=False)
+
+
+def test_bad_row_fails_before_any_prediction(predictor, tmp_path):
+    rows = nli_rows("dev", 4)
+    del rows[2]["hypothesis"]
+    src = write_rows(tmp_path / "in.jsonl", rows)
+    with pytest.raises(DataError, match=r"in.jsonl:3: field 'hypothesis'"):
+        predict_file(predictor, src, tmp_path / "out.jsonl", progress=False)
+    assert not list(tmp_path.glob("out.jsonl*"))
+
+
+def test_cli_predict(tiny_nli, tmp_path):
+    src = write_rows(tmp_path / "in.jsonl", nli_rows("dev", 6))
+    runner = CliRunner()
+    r = runner.invoke(
+        main, ["predict", str(tiny_nli), str(src), "--rationale", "--batch-size", "4"]
+    )
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(x) for x in (tmp_path / "in.predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all("rationale" in row["prediction"] for row in rows)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"premise": "a", "hypothesis": "b"}\nnot json\n')
+    r = runner.invoke(main, ["predict", str(tiny_nli), str(bad)])
+    assert r.exit_code == 1 and "bad.jsonl:2: not valid JSON" in r.output
