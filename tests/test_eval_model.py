@@ -116,3 +116,16 @@ def test_multitask_student_is_asked_for_rationales_separately():
     assert m["bleu"] == 0.0  # a one-word hypothesis has no 4-gram: corpus BLEU 0 ...
     assert m["sentence_bleu_nltk"] == pytest.approx(0.0, abs=1e-12)  # NLTK: ~1e-231
     assert [p["rationale"] for p in r["per_example"]] == ["neutral"] * 4  # ... but it answered
+
+
+def test_teacher_sample_is_the_rows_it_was_asked(tmp_path):
+    from protege.data.io import write_json, write_jsonl
+    from protege.evaluate.model_eval import teacher_sample_size
+
+    test = [{"uid": str(i)} for i in range(10)]
+    answers = [{"uid": "0"}, {"uid": "2"}]  # row 1 failed; rows 3.. were not asked
+    path = tmp_path / "teacher-zeroshot.jsonl"
+    write_jsonl(path, answers)
+    assert teacher_sample_size(path, test, answers) == 3
+    write_json(tmp_path / "teacher-zeroshot.summary.json", {"n_records": 5})
+    assert teacher_sample_size(path, test, answers) == 5  # the job's own count wins

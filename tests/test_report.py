@@ -60,6 +60,11 @@ def test_report_has_every_section_filled(evaluated_run):
     assert "McNemar p=1.000" in row
     assert "teacher gpt-test (zero-shot)" in md and "$0.2000" in md  # 1,000 x $0.0002
     assert "assumed machine price of $0.10/hour" in md
+    # Dev picks ab25/best-accuracy (60%): 5/12 right vs the teacher's 8/12 -> -25 points.
+    assert (
+        "(`ab25-lr0.001-s0/best-accuracy`) minus the teacher, on the same 12 test rows: "
+        "-25.0 points accuracy" in md
+    )
     assert "| teacher-zeroshot | gpt-test | 12 | 11 | 1 | 1 | 12 | 0 | $0.0022 | 0.80 |" in md
     assert "No local teacher store" in md  # this test's store is empty
     # Classification run: the ROUGE section says why it is empty rather than vanishing.

@@ -36,6 +36,8 @@ def summ_run(tmp_path_factory):
             for r in test[: N - 1]
         ]
         write_jsonl(run / "generate" / "teacher-zeroshot.jsonl", answers)
+        summary = {"n_records": N, "n_written": N - 1, "n_failed": 1, "cost_usd": 0.003}
+        write_json(run / "generate" / "teacher-zeroshot.summary.json", summary)
         for variant, dev_rl in (("gold", 0.30), ("synthetic", 0.28)):
             cid = "lr0.001-s0"
             for ck in ("best-loss", "best-accuracy"):

@@ -87,12 +87,19 @@ def evaluate_teacher(
     teacher_file: str | Path, records: list[dict[str, Any]], task: TaskConfig
 ) -> dict[str, Any]:
     """Score the teacher's zero-shot answers (`teacher_label` / `teacher_summary`, written by
-    `protege generate`) on the same test rows, with its cost and latency per example."""
+    `protege generate`) on the same test rows, with its cost and latency per example.
+
+    A paid teacher is often asked about only the first N test rows (`teacher_zeroshot.limit`):
+    it is scored on those rows, and an asked row with no answer (a failed call) or a flagged
+    one counts wrong."""
     from protege.data.io import read_records
 
     field = "teacher_label" if task.type == "classification" else "teacher_summary"
     answers = read_records(teacher_file)
+    n_asked = teacher_sample_size(teacher_file, records, answers)
+    records = records[:n_asked]
     texts, preds, info = teacher_outputs(task, records, answers, field)
+    info["n_asked"] = n_asked
     metrics, rows = score_outputs(task, records, texts, preds=preds, source=str(teacher_file))
     models = sorted({str((a.get("provenance") or {}).get("model")) for a in answers} - {"None"})
     return {
@@ -105,6 +112,23 @@ def evaluate_teacher(
         "metrics": metrics,
         "per_example": rows,
     }
+
+
+def teacher_sample_size(
+    teacher_file: str | Path, test: list[dict[str, Any]], answers: list[dict[str, Any]]
+) -> int:
+    """How many leading test rows the teacher was asked about: `n_records` of the generate
+    summary beside the file (`<name>.summary.json`), else up to the last answered row."""
+    from protege.evaluate.score import record_uid
+
+    summary = Path(teacher_file).with_name(Path(teacher_file).stem + ".summary.json")
+    if summary.exists():
+        n = json.loads(summary.read_text()).get("n_records")
+        if isinstance(n, int) and n > 0:
+            return min(n, len(test))
+    answered = {record_uid(a, i) for i, a in enumerate(answers)}
+    last = max((i for i, r in enumerate(test) if record_uid(r, i) in answered), default=-1)
+    return last + 1 if last >= 0 else len(test)
 
 
 def write_outputs(result: dict[str, Any], out_dir: str | Path) -> None:

@@ -168,6 +168,7 @@ def evaluate_run(
         teacher_result = evaluate_teacher(teacher_file, test, task)
         write_outputs(teacher_result, eval_dir / "teacher")
         teacher = {k: v for k, v in teacher_result.items() if k != "per_example"}
+        teacher["paired"] = _vs_teacher(entries, scores, teacher_result, task)
 
     summary = {
         "run_dir": str(run_dir),
@@ -240,6 +241,27 @@ def _paired(
     out["paired_bootstrap"] = paired_bootstrap(a, b)
     if task.type == "classification":
         out["mcnemar"] = mcnemar([int(x) for x in a], [int(x) for x in b])
+    return out
+
+
+def _vs_teacher(
+    entries: list[dict[str, Any]],
+    scores: dict[str, list[float]],
+    teacher: dict[str, Any],
+    task: TaskConfig,
+) -> dict[str, Any] | None:
+    """The student chosen on dev against the teacher, on the rows the teacher was asked:
+    "did distillation work" as a paired difference (student minus teacher)."""
+    scored = [e for e in entries if dev_score(e, task) is not None]
+    if not scored:
+        return None
+    best = max(scored, key=lambda e: dev_score(e, task))
+    t = per_example_scores(task, teacher["per_example"])
+    s = scores[best["name"]][: len(t)]
+    out: dict[str, Any] = {"student": best["name"], "n": len(t)}
+    out["paired_bootstrap"] = paired_bootstrap(s, t)
+    if task.type == "classification":
+        out["mcnemar"] = mcnemar([int(x) for x in s], [int(x) for x in t])
     return out
 
 

@@ -49,7 +49,7 @@ def rouge_section(run: RunFiles) -> Section:
     if teacher:
         rows.append(
             _rouge_row(
-                f"teacher zero-shot ({teacher.get('teacher_model') or '?'})",
+                f"teacher zero-shot ({teacher.get('teacher_model') or '?'}){_sample(run)}",
                 "–",
                 teacher["metrics"],
             )
@@ -65,6 +65,31 @@ def rouge_section(run: RunFiles) -> Section:
     if not teacher:
         s.paragraphs.append("No teacher row: generate/teacher-zeroshot.jsonl is absent.")
     return s
+
+
+def _sample(run: RunFiles) -> str:
+    """`, first N rows` when the teacher was asked about only part of the test set."""
+    teacher = run.summary.get("teacher") or {}
+    n = teacher.get("metrics", {}).get("n")
+    return f", first {n} of {run.summary['n_test']} rows" if n and n < run.summary["n_test"] else ""
+
+
+def verdict(run: RunFiles) -> str | None:
+    """One sentence: the dev-chosen student minus the teacher, paired on the same rows."""
+    paired = (run.summary.get("teacher") or {}).get("paired")
+    if not paired:
+        return None
+    boot = paired["paired_bootstrap"]
+    if "mcnemar" in paired:
+        test = f"McNemar p={paired['mcnemar']['p_value']:.3f}"
+    else:
+        test = f"paired bootstrap p={boot['p_value']:.3f}"
+    unit = " points" if run.metric == "accuracy" else ""
+    return (
+        f"Student chosen on dev (`{paired['student']}`) minus the teacher, on the same "
+        f"{paired['n']} test rows: {boot['diff'] * run.scale():+.1f}{unit} {run.metric} "
+        f"(95% CI {ci([boot['ci_low'], boot['ci_high']], run.scale())}, {test})."
+    )
 
 
 def _rouge_row(name: str, ckpt: str, m: dict[str, Any]) -> list[str]:
@@ -252,7 +277,7 @@ def cost_section(run: RunFiles, hourly_price_usd: float | None) -> Section:
         lat = sp.get("latency_s_per_example")
         rows.append(
             [
-                f"teacher {teacher.get('teacher_model') or ''} (zero-shot)",
+                f"teacher {teacher.get('teacher_model') or ''} (zero-shot){_sample(run)}",
                 run.fmt(teacher["metrics"].get(run.metric)),
                 num(1000 * lat, 1) if lat is not None else "–",
                 money(sp.get("cost_per_1k_usd")),
@@ -261,6 +286,8 @@ def cost_section(run: RunFiles, hourly_price_usd: float | None) -> Section:
         )
         if lat is not None:
             bars.append(("teacher (zero-shot)", 1000 * lat))
+    if verdict(run):
+        s.paragraphs.append(f"**Did distillation work?** {verdict(run)}")
     s.tables.append(
         Table(
             ["model", f"test {run.metric}", "latency (ms/example)", "cost per 1,000", "cost is"],
