@@ -113,6 +113,18 @@ def backoff(attempt: int, base_s: float, wait_s: float | None) -> float:
     return max(jitter, wait_s or 0.0)
 
 
+def lean_ok(base_url: str | None) -> bool:
+    """Plain HTTP with no proxy in the way: protege's lean transport can carry it."""
+    import urllib.parse
+    import urllib.request
+
+    if not base_url or not base_url.startswith("http://"):
+        return False
+    proxies = urllib.request.getproxies()
+    host = urllib.parse.urlsplit(base_url).hostname or ""
+    return not ({"http", "all"} & set(proxies)) or bool(urllib.request.proxy_bypass(host))
+
+
 class ChatClient:
     """One async OpenAI SDK client with a connection pool as large as the concurrency."""
 
@@ -127,9 +139,7 @@ class ChatClient:
         self.openai = openai
         self.response_type = hx.Response
         pool = hx.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency)
-        transport = None
-        if base_url and base_url.startswith("http://"):
-            transport = lean_transport(hx, cfg.concurrency)
+        transport = lean_transport(hx, cfg.concurrency) if lean_ok(base_url) else None
         self.sdk = openai.AsyncOpenAI(
             base_url=base_url,
             api_key=api_key or "not-needed",
