@@ -13,8 +13,7 @@ its own connection. On shutdown uvicorn stops accepting, lets in-flight requests
 the batcher drains.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI reads route annotations at runtime.
 import asyncio
 import hmac
 import ipaddress
