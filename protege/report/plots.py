@@ -48,8 +48,11 @@ def eval_vs_test(points: list[dict[str, Any]], path: Path, metric: str) -> Path 
                 )
     values = [p["dev"] for p in pts] + [p["test"] for p in pts]
     lo, hi = min(values), max(values)
-    pad = (hi - lo) * 0.1 or 1.0
-    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], ls="--", color="black", lw=0.8)
+    pad = (hi - lo) * 0.1 or 5.0
+    lo, hi = max(0.0, lo - pad), hi + pad  # scores are never negative
+    ax.plot([lo, hi], [lo, hi], ls="--", color="black", lw=0.8)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
     ax.set_xlabel(f"eval (dev) {metric}")
     ax.set_ylabel(f"test {metric}")
     ax.set_title("Eval vs test, both checkpoints")

@@ -157,6 +157,17 @@ def grid_section(run: RunFiles) -> Section:
             "corpus BLEU (13a, 0–100) of the generated rationale against the teacher's; "
             "sentBLEU is Paper A's variant (NLTK sentence BLEU, no smoothing, averaged, 0–1)."
         )
+        no_refs = [
+            e["name"]
+            for e in run.entries.values()
+            if e.get("format") != "label" and (e.get("test") or {}).get("n_rationale_refs") == 0
+        ]
+        if no_refs:
+            field = (run.task or {}).get("rationale_field", "rationale")
+            notes.append(
+                f"BLEU is empty where the test file has no teacher rationales (field "
+                f"`{field}`) to compare with."
+            )
         if any((e.get("test") or {}).get("bleu_lowercased") for e in run.entries.values()):
             notes.append(
                 "BLEU is case-insensitive here: the student's tokenizer is uncased, so it "
