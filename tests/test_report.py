@@ -124,3 +124,51 @@ def test_html_images_load_in_headless_chromium(evaluated_run, tmp_path):
     m = re.search(r"loaded=(\d+) total=(\d+)", dom)
     assert m, dom[-500:]
     assert int(m.group(2)) == 5 and m.group(1) == m.group(2)
+
+
+def test_seed_aggregates_table_from_files_alone(tmp_path):
+    """The report reads files only: a summary with two seeds gets a mean ± std table."""
+    from protege.data.io import write_json
+
+    agg = {"mean": 0.42, "std": 0.02, "n": 2}
+    cfg = {
+        "id": "b-s0",
+        "model": "m",
+        "format": "label",
+        "lr": 0.001,
+        "split": None,
+        "seed": 0,
+        "baseline": True,
+        "status": "done",
+        "best": {},
+    }
+    write_json(tmp_path / "train/results.json", [cfg, {**cfg, "id": "b-s1", "seed": 1}])
+    write_json(
+        tmp_path / "eval/summary.json",
+        {
+            "task": {"type": "classification", "format": "label"},
+            "test": "t.jsonl",
+            "n_test": 100,
+            "headline": "accuracy",
+            "decoding": {"batch_size": 8, "num_beams": 1, "max_new_tokens": 16},
+            "hourly_price_usd": 0.1,
+            "hygiene": {"ok": True, "pairs": []},
+            "models": [],
+            "aggregates": [
+                {
+                    "model": "m",
+                    "format": "label",
+                    "lr": 0.001,
+                    "split": None,
+                    "baseline": True,
+                    "checkpoint": "best-accuracy",
+                    "seeds": [0, 1],
+                    "test_accuracy": agg,
+                    "dev": agg,
+                }
+            ],
+            "teacher": None,
+        },
+    )
+    md = (build_report(tmp_path) / "report.md").read_text()
+    assert "| label | 0.001 | baseline | best-accuracy | 2 | 42.0 ± 2.0 |" in md
