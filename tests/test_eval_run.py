@@ -76,8 +76,10 @@ def test_rerun_reuses_scored_checkpoints(run_dir, monkeypatch):
         raise AssertionError("re-generated an unchanged checkpoint")
 
     monkeypatch.setattr(run_eval, "evaluate_model", boom)
-    s = evaluate_run(run_dir)
+    s = evaluate_run(run_dir, hourly_price_usd=3.6)
     assert len(s["models"]) == 4
+    speed = s["models"][0]["speed"]  # a new assumed price reprices the measured latency
+    assert speed["cost_per_1k_usd"] == pytest.approx(speed["latency_s_per_example"])
 
 
 def test_selection_on_test_is_refused(run_dir):

@@ -23,6 +23,7 @@ from protege.evaluate.model_eval import (
     evaluate_model,
     evaluate_teacher,
     read_outputs,
+    student_speed,
     write_outputs,
 )
 from protege.evaluate.predict import Decoding
@@ -75,7 +76,11 @@ def resolve_inputs(
     """Test file and task from the arguments, else from the run's recipe.yaml."""
     recipe = recipe_defaults(run_dir)
     data = recipe.get("data") or {}
-    test = test_path or data.get("test")
+    # `protege run` materialises every split under RUN_DIR/data (slices and hub names
+    # resolved); that file, not the recipe's source string, is what the run was tested on.
+    run_dir = Path(run_dir)
+    made = [d / "data" / "test.jsonl" for d in (run_dir, run_dir.parent)]
+    test = test_path or next((str(p) for p in made if p.is_file()), None) or data.get("test")
     if not test:
         raise ProtegeError(
             f"{run_dir}: no test file (pass --test, or set data.test in recipe.yaml)"
@@ -144,6 +149,10 @@ def evaluate_run(
                 )
                 result["fingerprint"] = key
                 write_outputs(result, out)
+            else:  # scored earlier: the latency stands, the assumed price may have changed
+                result["speed"] = student_speed(
+                    result["speed"]["latency_s_per_example"], hourly_price_usd
+                )
             name = f"{cfg['id']}/{dirname}"
             scores[name] = per_example_scores(cfg_task, result["per_example"])
             entries.append(
