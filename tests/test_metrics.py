@@ -63,6 +63,21 @@ def test_sentence_bleu_nltk_variant_hand_computed():
     assert two == pytest.approx(one / 2)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_sentence_bleu_matches_nltk():
+    from nltk.translate.bleu_score import sentence_bleu
+
+    pairs = [
+        ("the cat sat on the mat today", "the cat sat on a mat"),  # longer than reference
+        ("a cat sat on the mat", "the cat is sitting on the mat there"),  # brevity penalty
+        ("the the the the the the", "the cat sat on the mat"),  # clipped counts
+    ]
+    for hyp, ref in pairs:
+        expected = sentence_bleu([ref.split()], hyp.split())
+        expected = expected if expected > 1e-100 else 0.0  # NLTK's ~1e-231 for "no match"
+        assert M.sentence_bleu_nltk_mean([hyp], [ref]) == pytest.approx(expected)
+
+
 def test_rouge_known_values():
     r = M.rouge(["the cat sat"], ["the cat sat on the mat"])
     assert r["rouge1"] == pytest.approx(100 * 2 / 3)  # P 1, R 1/2

@@ -71,11 +71,17 @@ def bleu_sentence_stats(hyps: Sequence[str], refs: Sequence[str]) -> list[list[i
 
 def bleu_from_stats(stats: Sequence[Sequence[float]]) -> float:
     """Corpus BLEU (0-100, sacrebleu defaults: 13a tokeniser, no smoothing) from summed stats."""
-    from sacrebleu.metrics import BLEU
 
     if not len(stats):
         return 0.0
-    total = [sum(col) for col in zip(*stats, strict=True)]
+    return bleu_from_totals([sum(col) for col in zip(*stats, strict=True)])
+
+
+def bleu_from_totals(total: Sequence[float]) -> float:
+    """Corpus BLEU from the column sums of `bleu_sentence_stats` (what a bootstrap resamples)."""
+    from sacrebleu.metrics import BLEU
+
+    total = [int(x) for x in total]
     score = BLEU.compute_bleu(
         correct=total[2:6], total=total[6:10], sys_len=total[0], ref_len=total[1]
     )
@@ -92,21 +98,36 @@ def corpus_bleu(hyps: Sequence[str], refs: Sequence[str]) -> float:
 
 
 def sentence_bleu_nltk_mean(hyps: Sequence[str], refs: Sequence[str]) -> float:
-    """Paper A's variant (0-1): NLTK `sentence_bleu` on whitespace tokens, no smoothing,
-    averaged over examples. Any example without a matching 4-gram scores 0, so this is lower
-    and noisier than corpus BLEU; it is reported only to compare with the paper."""
-    import warnings
+    """Paper A's variant (0-1): NLTK-style `sentence_bleu` on whitespace tokens, uniform
+    weights up to 4-grams, no smoothing, averaged over examples.
 
-    from nltk.translate.bleu_score import sentence_bleu
-
+    Re-implemented here (clipped n-gram precisions, brevity penalty against the reference) so
+    that scoring does not import all of NLTK; a sentence without a matching n-gram of some
+    order scores 0 (NLTK returns ~1e-231 there). It is lower and noisier than corpus BLEU
+    and is reported only to compare with the paper."""
     if not hyps:
         return 0.0
-    scores = []
-    with warnings.catch_warnings():  # NLTK warns on every zero-overlap sentence
-        warnings.simplefilter("ignore")
-        for h, r in zip(hyps, refs, strict=True):
-            scores.append(float(sentence_bleu([r.split()], h.split())))
-    return sum(scores) / len(scores)
+    return sum(_sentence_bleu(h.split(), r.split()) for h, r in zip(hyps, refs, strict=True)) / len(
+        hyps
+    )
+
+
+def _sentence_bleu(hyp: list[str], ref: list[str], max_n: int = 4) -> float:
+    import math
+    from collections import Counter
+
+    if not hyp:
+        return 0.0
+    log_p = 0.0
+    for n in range(1, max_n + 1):
+        h = Counter(tuple(hyp[i : i + n]) for i in range(len(hyp) - n + 1))
+        r = Counter(tuple(ref[i : i + n]) for i in range(len(ref) - n + 1))
+        matches = sum(min(c, r[g]) for g, c in h.items())
+        if matches == 0:
+            return 0.0
+        log_p += math.log(matches / max(1, sum(h.values()))) / max_n
+    bp = 1.0 if len(hyp) > len(ref) else math.exp(1 - len(ref) / len(hyp))
+    return bp * math.exp(log_p)
 
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import numpy as np
+
 from protege.errors import DataError
 from protege.evaluate import metrics as M
 from protege.evaluate.stats import bootstrap_ci, mean_ci
@@ -118,8 +120,9 @@ def score_outputs(
         stats = M.bleu_sentence_stats(hyps, refs)
         out["bleu"] = M.bleu_from_stats(stats)
         out["bleu_lowercased"] = lowercase
+        table = np.asarray(stats)  # (n, 10): resampled rows are summed, then scored
         out["bleu_ci"] = list(
-            bootstrap_ci(len(stats), lambda idx: M.bleu_from_stats([stats[j] for j in idx]))
+            bootstrap_ci(len(stats), lambda idx: M.bleu_from_totals(table[idx].sum(axis=0)))
         )
         out["sentence_bleu_nltk"] = M.sentence_bleu_nltk_mean(hyps, refs)
         for i, h, r in pairs:
