@@ -31,6 +31,13 @@ def test_float32_export_scores_like_pytorch(tiny_nli, tmp_path):
     for x, y in zip(a, b, strict=True):
         for u, v in zip(x, y, strict=True):
             assert u == pytest.approx(v, abs=1e-3)
+    firsts = [c[0] for c in ids]
+    for u, v in zip(
+        torch_p.backend.first_logprobs(sources, firsts),
+        ct2_p.backend.first_logprobs(sources, firsts),
+        strict=True,
+    ):
+        assert u == pytest.approx(v, abs=1e-3)
     assert ct2_p.backend.generate(sources, 8) == torch_p.backend.generate(sources, 8)
 
 

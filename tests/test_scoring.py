@@ -84,3 +84,19 @@ def test_scoring_picks_greedy_label_wherever_greedy_is_valid(tiny_nli):
     assert len({g for g, _ in valid}) >= 2  # ... with more than one label
     assert all(g == s for g, s in valid), [v for v in valid if v[0] != v[1]]
     assert all(s["label"] in p.task.labels for s in scored)  # never malformed
+
+
+def test_one_step_path_equals_the_full_trie_walk(tiny_nli):
+    """Distinct first tokens: the one-decoder-step fast path picks what the full walk picks."""
+    from protege.serve.predictor import Predictor
+
+    p = Predictor.load(tiny_nli)
+    rows = nli_rows("dev", 40)
+    ids = p.candidates.ids
+    full = p.backend.token_logprobs([p.source(r) for r in rows], ids)
+    walked = [p.candidates.labels[choose(ids, lps, "greedy")] for lps in full]
+    assert [x["label"] for x in p.predict(rows)] == walked
+    summed = Predictor(p.backend, p.task, rule="sum").predict(rows)
+    assert [x["label"] for x in summed] == [
+        p.candidates.labels[choose(ids, lps, "sum")] for lps in full
+    ]

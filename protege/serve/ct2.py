@@ -9,6 +9,7 @@ inside the converter. An export dir is self-contained: the CTranslate2 model, th
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -105,7 +106,11 @@ class CT2Backend:
 
         ctranslate2 = _ct2()
         self.tok = load_tokenizer(export_dir)
-        self.translator = ctranslate2.Translator(str(export_dir), device=device)
+        # One OpenMP thread per core: more threads than cores only spin on a busy machine.
+        threads = min(4, os.cpu_count() or 1)
+        self.translator = ctranslate2.Translator(
+            str(export_dir), device=device, intra_threads=threads
+        )
         self.max_source_len = max_source_len
         self.eos = eos_id(self.tok)
 
@@ -129,6 +134,24 @@ class CT2Backend:
         return [
             [lps[i * k + j][: len(c)] for j, c in enumerate(candidates)] for i in range(len(src))
         ]
+
+    def first_logprobs(self, sources: list[str], token_ids: list[int]) -> list[list[float]]:
+        import numpy as np
+
+        results = self.translator.translate_batch(
+            self._tokens(sources),
+            beam_size=1,
+            max_decoding_length=1,
+            min_decoding_length=0,
+            return_logits_vocab=True,
+        )
+        out = []
+        for r in results:
+            logits = np.asarray(r.logits[0][0], dtype=np.float64)  # (V,) raw logits, step 0
+            top = logits.max()
+            lse = top + np.log(np.exp(logits - top).sum())
+            out.append([float(logits[t] - lse) for t in token_ids])
+        return out
 
     def generate(self, sources: list[str], max_new_tokens: int) -> list[str]:
         results = self.translator.translate_batch(

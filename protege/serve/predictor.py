@@ -8,6 +8,7 @@ implementations: PyTorch (`TorchBackend`) and CTranslate2 (`protege.serve.ct2.CT
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,6 +37,10 @@ class Backend(Protocol):
         self, sources: list[str], candidates: list[list[int]]
     ) -> list[list[list[float]]]:
         """`[input][candidate][t]`: log p(candidate token t | its prefix, input)."""
+        ...
+
+    def first_logprobs(self, sources: list[str], token_ids: list[int]) -> list[list[float]]:
+        """`[input][j]`: log p(first target token = token_ids[j] | input)."""
         ...
 
     def generate(self, sources: list[str], max_new_tokens: int) -> list[str]:
@@ -103,6 +108,15 @@ class TorchBackend:
             lp = lp.cpu().tolist()
         return [[row[i][: len(c)] for i, c in enumerate(candidates)] for row in lp]
 
+    def first_logprobs(self, sources: list[str], token_ids: list[int]) -> list[list[float]]:
+        torch = self.torch
+        with torch.inference_mode():
+            enc = self._encode(sources)
+            start = torch.full((len(sources), 1), self.start_id, device=self.device)
+            logits = self.model(**enc, decoder_input_ids=start).logits[:, 0].float()  # (B, V)
+            lp = logits.log_softmax(-1)[:, token_ids]
+        return lp.cpu().tolist()
+
     def generate(self, sources: list[str], max_new_tokens: int) -> list[str]:
         with self.torch.inference_mode():
             enc = self._encode(sources)
@@ -165,9 +179,10 @@ class Predictor:
         return item
 
     def label_budget(self) -> int:
-        """New tokens enough for a label and its end marker (generation without rationale)."""
+        """New tokens for a label and its end marker (eos, or `Explanation` then `:`, which
+        `parse_output` needs to see), and no more: generation without rationale."""
         assert self.candidates is not None
-        return self.candidates.max_len + 2
+        return self.candidates.max_len + (self.task.format == "label+rationale")
 
     def predict(
         self, inputs: list[dict[str, Any] | str], with_rationale: bool = False, fast: bool = True
@@ -222,11 +237,21 @@ class Predictor:
         """The fast path: one label per input from the closed set, never malformed."""
         assert self.candidates is not None
         ids = self.candidates.ids
+        firsts = [c[0] for c in ids]
+        if self.rule == "greedy" and len(set(firsts)) == len(firsts):
+            # Distinct first tokens: constrained greedy decides at the first step, so one
+            # decoder step suffices (NLI: en|neutral|contradiction). Score = p(first token).
+            preds = []
+            for lps in self.backend.first_logprobs(sources, firsts):
+                k = max(range(len(firsts)), key=lambda j: lps[j])
+                label = self.candidates.labels[k]
+                preds.append({"label": label, "text": label, "score": round(math.exp(lps[k]), 4)})
+            return preds
         preds = []
         for lps in self.backend.token_logprobs(sources, ids):
             k = choose(ids, lps, self.rule)
             label = self.candidates.labels[k]
-            preds.append({"label": label, "text": label, "score": sequence_score(lps[k])})
+            preds.append({"label": label, "text": label, "score": round(sequence_score(lps[k]), 4)})
         return preds
 
 

@@ -1,0 +1,308 @@
+"""Serving latency: HF generate vs closed-label scoring vs CTranslate2 int8, vs the teacher.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/serve_latency.py [--n 100] [--seconds 20]
+
+One prediction at a time on ANLI R1 dev inputs (../shared/data/anli-r1-emanli/dev.jsonl),
+with `protege:t5-small-random` (T5-small shape, 60M, random weights: speed only) as a `label`
+format student. "Same predictions" is checked two ways, because a random model's free greedy
+output is rarely a valid label: (a) against free `generate` wherever that output parses, and
+(b) against HF `generate` constrained to the label set (`prefix_allowed_tokens_fn`), which
+always yields a label. The teacher row is the local llama.cpp server answering the `label`
+recipe's prompt through the openai SDK. Then `protege serve` (a subprocess) is loaded by 32
+concurrent clients for `--seconds`. Floors: the fastest path's p50 >= 3x faster than
+generate, and >= 50x faster than the local teacher's p50. Last line: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO.parent / "shared" / "data" / "anli-r1-emanli" / "dev.jsonl"
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
+
+
+def timed(fn, items, warmup: int = 3) -> tuple[list[float], list]:
+    for item in items[:warmup]:
+        fn(item)
+    lat, out = [], []
+    for item in items:
+        t0 = time.perf_counter()
+        out.append(fn(item))
+        lat.append((time.perf_counter() - t0) * 1000)
+    return lat, out
+
+
+def constrained_generate(p, sources: list[str]) -> list[str | None]:
+    """HF generate restricted to the label set's token trie (always a valid label)."""
+    import torch
+
+    b = p.backend
+    cands = p.candidates.ids
+    eos = cands[0][-1]
+
+    def allowed(_batch_id, ids):
+        prefix = ids.tolist()[1:]  # drop the decoder start token
+        nxt = {c[len(prefix)] for c in cands if len(c) > len(prefix) and c[: len(prefix)] == prefix}
+        return sorted(nxt) or [eos]
+
+    with torch.inference_mode():
+        enc = b._encode(sources)
+        out = b.model.generate(
+            **enc,
+            max_new_tokens=p.candidates.max_len,
+            do_sample=False,
+            num_beams=1,
+            prefix_allowed_tokens_fn=allowed,
+        )
+    seqs = out[:, 1:].tolist()
+    labels = []
+    for s in seqs:
+        match = [lab for lab, c in zip(p.candidates.labels, cands, strict=True) if s[: len(c)] == c]
+        labels.append(match[0] if match else None)
+    return labels
+
+
+def teacher_latencies(records: list[dict], n: int) -> tuple[list[float], int]:
+    """Local llama.cpp teacher answering the label recipe prompt, one call at a time."""
+    from openai import OpenAI
+
+    from protege.formats import TaskConfig, inference_input
+    from protege.generate.recipes import Template, get_recipe
+    from protege.teacher.config import LOCAL_MODEL
+    from protege.teacher.local import local_server
+
+    task = TaskConfig()
+    template = Template(get_recipe("label").path)
+    lat, valid = [], 0
+    with local_server() as base_url:
+        client = OpenAI(base_url=base_url, api_key="local", timeout=120)
+        for i, r in enumerate(records[: n + 1]):
+            msgs = template.messages(
+                {"input": inference_input(task, r), "labels": task.labels, "with_rationale": False}
+            )
+            t0 = time.perf_counter()
+            resp = client.chat.completions.create(
+                model=LOCAL_MODEL, messages=msgs, temperature=0.2, seed=123, max_tokens=16
+            )
+            if i == 0:
+                continue  # warm-up (model load, prompt cache)
+            lat.append((time.perf_counter() - t0) * 1000)
+            text = (resp.choices[0].message.content or "").strip().lower()
+            valid += any(text.startswith(lab) for lab in task.labels)
+    return lat, valid
+
+
+def api_latencies() -> list[float]:
+    """Latencies of real (non-local) API calls already in the teacher store, if any."""
+    from protege.paths import teacher_db_path
+    from protege.teacher.config import LOCAL_MODEL
+
+    if not teacher_db_path().exists():
+        return []
+    from protege.teacher.store import TeacherStore
+
+    with TeacherStore() as store:
+        rows = store.db.execute(
+            "SELECT latency_s FROM responses WHERE status='ok' AND source='live' "
+            "AND latency_s IS NOT NULL AND model != ?",
+            (LOCAL_MODEL,),
+        ).fetchall()
+    return [r[0] * 1000 for r in rows]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def load(url: str, records: list[dict], clients: int, seconds: float) -> tuple[int, int]:
+    import httpx
+
+    ok = errors = 0
+    stop = time.perf_counter() + seconds
+
+    async def client(i: int) -> None:
+        nonlocal ok, errors
+        async with httpx.AsyncClient(timeout=30) as c:
+            j = i
+            while time.perf_counter() < stop:
+                try:
+                    r = await c.post(url, json={"inputs": [records[j % len(records)]]})
+                    ok += r.status_code == 200
+                    errors += r.status_code != 200
+                except httpx.HTTPError:
+                    errors += 1
+                j += clients
+
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    return ok, errors
+
+
+def serve_throughput(model_dir: Path, records, clients: int, seconds: float) -> dict:
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "protege", "serve", str(model_dir), "--port", str(port),
+        "--max-batch-size", "32", "--max-wait-ms", "5",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        import httpx
+
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"protege serve did not start: {proc.stderr.read()[-2000:]}")
+            time.sleep(0.2)
+        url = f"http://127.0.0.1:{port}/v1/predict"
+        t0 = time.perf_counter()
+        ok, errors = asyncio.run(load(url, records, clients, seconds))
+        elapsed = time.perf_counter() - t0
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        count = next(x for x in metrics.splitlines() if x.startswith("protege_batch_size_count"))
+        total = next(x for x in metrics.splitlines() if x.startswith("protege_batch_size_sum"))
+        mean_batch = float(total.split()[-1]) / max(1.0, float(count.split()[-1]))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    return {"ok": ok, "errors": errors, "rps": ok / elapsed, "mean_batch": mean_batch}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=100, help="inputs timed one at a time")
+    ap.add_argument("--teacher-n", type=int, default=10, help="local teacher calls timed")
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--clients", type=int, default=32)
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from protege.data.io import read_records
+    from protege.formats import TaskConfig, save_task
+    from protege.serve.ct2 import export_ct2
+    from protege.serve.predictor import Predictor
+    from protege.student import resolve_model
+
+    records = read_records(DATA)[: args.n]
+    work = Path(tempfile.mkdtemp(prefix="protege-serve-bench-"))
+    try:
+        model_dir = work / "student"
+        shutil.copytree(resolve_model("protege:t5-small-random"), model_dir)
+        save_task(TaskConfig(format="label"), model_dir)
+        ct2_dir = export_ct2(model_dir, work / "student-ct2-int8", quantization="int8")
+        torch_p = Predictor.load(model_dir)
+        ct2_p = Predictor.load(ct2_dir)
+        budget = torch_p.label_budget()
+
+        rows, preds = {}, {}
+        lat, out = timed(lambda r: torch_p.predict([r], fast=False), records)
+        rows["HF generate (PyTorch)"], preds["generate"] = lat, [o[0]["label"] for o in out]
+        lat, out = timed(lambda r: constrained_generate(torch_p, [torch_p.source(r)]), records)
+        rows["HF generate, label-constrained"], preds["constrained"] = lat, [o[0] for o in out]
+        lat, out = timed(lambda r: torch_p.predict([r], fast=True), records)
+        rows["label scoring (PyTorch)"], preds["scoring"] = lat, [o[0]["label"] for o in out]
+        lat, out = timed(lambda r: ct2_p.predict([r], fast=False), records)
+        rows["CTranslate2 int8 generate"], preds["ct2_generate"] = lat, [o[0]["label"] for o in out]
+        lat, out = timed(lambda r: ct2_p.predict([r], fast=True), records)
+        rows["CTranslate2 int8 scoring"], preds["ct2_scoring"] = lat, [o[0]["label"] for o in out]
+
+        teacher, teacher_valid = teacher_latencies(records, args.teacher_n)
+        api = api_latencies()
+        fast_name = min(
+            ("label scoring (PyTorch)", "CTranslate2 int8 scoring"),
+            key=lambda k: statistics.median(rows[k]),
+        )
+        fast_key = "scoring" if fast_name.endswith("(PyTorch)") else "ct2_scoring"
+        serve_dir = model_dir if fast_key == "scoring" else ct2_dir
+        served = serve_throughput(serve_dir, records, args.clients, args.seconds)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    def agree(a: str, b: str) -> tuple[int, int]:
+        pairs = [(x, y) for x, y in zip(preds[a], preds[b], strict=True) if x is not None]
+        return sum(x == y for x, y in pairs), len(pairs)
+
+    gen_p50 = statistics.median(rows["HF generate (PyTorch)"])
+    fast_p50 = statistics.median(rows[fast_name])
+    teacher_p50 = statistics.median(teacher)
+    agree_free = agree("generate", fast_key)
+    agree_constrained = agree("constrained", fast_key)
+    agree_ct2 = agree("scoring", "ct2_scoring")
+
+    print(f"model protege:t5-small-random (label format), {len(records)} ANLI R1 dev inputs,")
+    print(f"one at a time; generate max_new_tokens={budget} (label + eos), greedy")
+    print(f"{'path':36} {'p50 ms':>9} {'p99 ms':>9} {'vs generate':>12}")
+    for name, lat in rows.items():
+        p50 = statistics.median(lat)
+        print(f"{name:36} {p50:9.2f} {pct(lat, 0.99):9.2f} {gen_p50 / p50:11.1f}x")
+    print(f"{'local teacher (llama.cpp SmolLM2)':36} {teacher_p50:9.1f} {pct(teacher, 0.99):9.1f} "
+          f"{gen_p50 / teacher_p50:11.3f}x  ({len(teacher)} calls, {teacher_valid} valid labels)")  # fmt: skip
+    if api:
+        print(f"{'teacher API calls in the store':36} {statistics.median(api):9.1f} "
+              f"{pct(api, 0.99):9.1f}   ({len(api)} calls)")  # fmt: skip
+    else:
+        print("teacher API calls in the store: none recorded")
+    print(f"fastest path: {fast_name}; {fast_p50:.2f} ms p50 = {gen_p50 / fast_p50:.1f}x faster "
+          f"than generate, {teacher_p50 / fast_p50:.0f}x faster than the local teacher")  # fmt: skip
+    print(f"same label as free generate where it parses: {agree_free[0]}/{agree_free[1]}; "
+          f"as label-constrained generate: {agree_constrained[0]}/{agree_constrained[1]}; "
+          f"CT2 int8 vs PyTorch scoring: {agree_ct2[0]}/{agree_ct2[1]}")  # fmt: skip
+    print(f"protege serve ({'CT2 int8' if fast_key == 'ct2_scoring' else 'PyTorch'} scoring), "
+          f"{args.clients} clients x {args.seconds:g}s: {served['rps']:.1f} req/s, "
+          f"{served['errors']} errors, mean micro-batch {served['mean_batch']:.1f}")  # fmt: skip
+    floors = {
+        "fast_3x_generate": gen_p50 / fast_p50 >= 3
+        and agree_constrained[0] == agree_constrained[1]
+        and agree_free[0] == agree_free[1],
+        "fast_50x_teacher": teacher_p50 / fast_p50 >= 50,
+        "serve_zero_errors": served["errors"] == 0,
+    }
+    print(f"floors: {floors}")
+    result = {
+        "generate_p50_ms": round(gen_p50, 3),
+        "generate_p99_ms": round(pct(rows["HF generate (PyTorch)"], 0.99), 3),
+        "fast_path": fast_name,
+        "fast_p50_ms": round(fast_p50, 3),
+        "fast_p99_ms": round(pct(rows[fast_name], 0.99), 3),
+        "scoring_p50_ms": round(statistics.median(rows["label scoring (PyTorch)"]), 3),
+        "ct2_scoring_p50_ms": round(statistics.median(rows["CTranslate2 int8 scoring"]), 3),
+        "ct2_generate_p50_ms": round(statistics.median(rows["CTranslate2 int8 generate"]), 3),
+        "teacher_p50_ms": round(teacher_p50, 1),
+        "api_p50_ms": round(statistics.median(api), 1) if api else None,
+        "speedup_vs_generate": round(gen_p50 / fast_p50, 2),
+        "speedup_vs_teacher": round(teacher_p50 / fast_p50, 1),
+        "agree_free_generate": list(agree_free),
+        "agree_constrained_generate": list(agree_constrained),
+        "agree_ct2_vs_torch": list(agree_ct2),
+        "serve_rps": round(served["rps"], 2),
+        "serve_errors": served["errors"],
+        "serve_mean_batch": round(served["mean_batch"], 2),
+        "floors_met": all(floors.values()),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
