@@ -175,12 +175,14 @@ def parse_output(task: TaskConfig, text: str) -> Parsed:
         return Parsed(text=text)
     name = re.escape(task.rationale_name)
     if task.format == "rationale+label":
-        m = re.search(r"Answer:\s*([^\s.,;]+)\s*\.?\s*$", text)
-        rationale = re.sub(rf"^\s*{name}:\s*", "", text[: m.start()] if m else text).strip()
+        m = re.search(r"Answer\s*:\s*([^\s.,;]+)\s*\.?\s*$", text, flags=re.I)
+        rationale = re.sub(
+            rf"^\s*{name}\s*:\s*", "", text[: m.start()] if m else text, flags=re.I
+        ).strip()
         label = normalise_label(m.group(1), task.labels) if m else None
         return Parsed(text, label, rationale or None)
     # label, label+rationale, multitask(predict): the label comes first.
-    m = re.match(rf"^(.*?)(?:\s*{name}:\s*(.*))?$", text, flags=re.S)
+    m = re.match(rf"^(.*?)(?:\s*{name}\s*:\s*(.*))?$", text, flags=re.S | re.I)
     head, rest = (m.group(1), m.group(2)) if m else (text, None)
     label = normalise_label(head, task.labels)
     if label is None and task.format != "label+rationale":

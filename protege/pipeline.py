@@ -286,6 +286,7 @@ def _report(recipe: RecipeConfig, sub: Path, run: Path) -> None:
 
 def _variants_report(recipe: RecipeConfig, run: Path) -> Path:
     """One table over the variants (Paper B's Table 2), linking each variant's own report."""
-    from protege.report.variants import variants_report
+    from protege.report.variants import build_variants_report
 
-    return variants_report(run, [(v.name, v.train_from) for v in recipe.variants], **recipe.report)
+    names = [v.name for v in recipe.variants]
+    return build_variants_report(run, names, **recipe.report) / "report.html"

@@ -76,6 +76,14 @@ def test_unknown_label_and_missing_input_field_name_the_line():
         ),
         ("rationale+label", "Explanation: yes it does.", None, "yes it does."),
         ("multitask", "Contradiction", "contradiction", None),
+        # uncased tokenizers (the MiniLM student) decode connectors lower case, spaced
+        (
+            "label+rationale",
+            "neutral explanation : it does not say.",
+            "neutral",
+            "it does not say.",
+        ),
+        ("rationale+label", "explanation : yes. answer : entailment", "entailment", "yes."),
     ],
 )
 def test_parse_output_never_guesses(fmt, text, label, rationale):
