@@ -95,30 +95,3 @@ def test_keys_file_is_private():
 
     assert stat.S_IMODE(keys_path().stat().st_mode) == 0o600
     assert get_key("PROTEGE_TEST_KEY") == "sk-secret"
-
-
-def test_chunked_body_is_reassembled():
-    import asyncio
-
-    from protege.teacher.transport import _read_chunked
-
-    async def read() -> bytes:
-        reader = asyncio.StreamReader()
-        reader.feed_data(b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\n\r\n")
-        reader.feed_eof()
-        return await _read_chunked(reader)
-
-    assert asyncio.run(read()) == b"hello, world"
-
-
-def test_lean_transport_only_for_plain_http_without_a_proxy(monkeypatch):
-    from protege.teacher.client import lean_ok
-
-    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    assert lean_ok("http://127.0.0.1:8000/v1")
-    assert not lean_ok("https://api.openai.com/v1") and not lean_ok(None)
-    monkeypatch.setenv("http_proxy", "http://proxy:3128")
-    assert not lean_ok("http://10.0.0.5:8000/v1")
-    monkeypatch.setenv("no_proxy", "10.0.0.5")
-    assert lean_ok("http://10.0.0.5:8000/v1")
