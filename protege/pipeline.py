@@ -246,11 +246,11 @@ def _check_hygiene(recipe: RecipeConfig, data: dict[str, Path], run: Path) -> No
 
 
 def _import(recipe: RecipeConfig, imp) -> None:
-    from protege.teacher.config import TeacherConfig
-    from protege.teacher.replay import import_answers
+    from protege.teacher.importer import import_answers
 
-    teacher = from_dict(TeacherConfig, {**recipe.teacher, "model": imp.model, **imp.params})
-    n = import_answers(imp.file, imp.prompt_field, imp.response_field, teacher, system=imp.system)
+    n = import_answers(
+        imp.file, imp.prompt_field, imp.response_field, imp.model, imp.system, imp.params
+    )
     console.print(f"imported {n} recorded answers of {imp.model} from {imp.file}")
 
 
