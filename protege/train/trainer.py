@@ -165,7 +165,8 @@ def train_one(cfg: TrainConfig, out: Path, run_id: str, baseline: bool = False) 
         print(f"[{run_id}] resuming from step {step} (epoch {epoch}, batch {pos})")
 
     acc_key = "eval_rougeL" if task.type == "summarization" else "eval_accuracy"
-    window = {"loss": [], "label": [], "rationale": [], "tokens": 0, "t0": time.perf_counter()}
+    since_eval: list[tuple[float, float, float]] = []  # (loss, label, rationale) per step
+    tokens_since_eval, t0 = 0, time.perf_counter()
     stopped_early = False
     bar = tqdm(total=total_steps, initial=step, desc=run_id, disable=not main, dynamic_ncols=True)
     model.train()
@@ -175,21 +176,17 @@ def train_one(cfg: TrainConfig, out: Path, run_id: str, baseline: bool = False) 
         start = pos
         for pos in range(start, len(chunks)):  # noqa: B007 (pos is saved in last/)
             micro = [collate([train_enc[i] for i in b], tok.pad_token_id) for b in chunks[pos]]
+            lr = scheduler.get_last_lr()[0]  # the rate this step uses
             (loss, lab, rat), tokens = train_step(
                 model, optimizer, scheduler, micro, weights, accelerator, cfg.max_grad_norm
             )
             step += 1
-            (
-                window["loss"].append(loss),
-                window["label"].append(lab),
-                window["rationale"].append(rat),
-            )
-            window["tokens"] += tokens
-            lr = scheduler.get_last_lr()[0]
+            since_eval.append((loss, lab, rat))
+            tokens_since_eval += tokens
             steps_log.append(
                 {"step": step, "loss": loss, "loss_label": lab, "loss_rationale": rat, "lr": lr}
             )
-            tps = window["tokens"] * world / max(1e-9, time.perf_counter() - window["t0"])
+            tps = tokens_since_eval * world / max(1e-9, time.perf_counter() - t0)
             bar.update(1)
             bar.set_postfix(
                 loss=f"{loss:.3f}", label=f"{lab:.3f}", rat=f"{rat:.3f}", tok_s=f"{tps:.0f}"
@@ -197,18 +194,21 @@ def train_one(cfg: TrainConfig, out: Path, run_id: str, baseline: bool = False) 
             if step % eval_every and step != total_steps:
                 continue
             # ---- evaluate, log, checkpoint ----
-            elapsed = time.perf_counter() - window["t0"]
-            tokens_all = int(
-                accelerator.reduce(torch.tensor(window["tokens"], device=accelerator.device), "sum")
+            elapsed = time.perf_counter() - t0
+            tokens_all = int(  # real target tokens of all processes
+                accelerator.reduce(
+                    torch.tensor(tokens_since_eval, device=accelerator.device), "sum"
+                )
             )
+            train_loss, train_label, train_rationale = np.mean(since_eval, axis=0).tolist()
             entry = {
                 "step": step,
                 "epoch": round(step / steps_per_epoch, 4),
                 **evaluate(unwrapped, tok, task, dev.records, dev_enc, weights, cfg, accelerator),
-                "train_loss": float(np.mean(window["loss"])),
-                "train_loss_label": float(np.mean(window["label"])),
-                "train_loss_rationale": float(np.mean(window["rationale"])),
-                "lr": scheduler.get_last_lr()[0],
+                "train_loss": train_loss,
+                "train_loss_label": train_label,
+                "train_loss_rationale": train_rationale,
+                "lr": lr,
                 "tokens_per_s": tokens_all / max(1e-9, elapsed),
             }
             history.append(entry)
@@ -231,13 +231,7 @@ def train_one(cfg: TrainConfig, out: Path, run_id: str, baseline: bool = False) 
             checkpoint.save_last(
                 accelerator, {"step": step, "epoch": epoch, "pos": pos + 1}, out / "last"
             )
-            window = {
-                "loss": [],
-                "label": [],
-                "rationale": [],
-                "tokens": 0,
-                "t0": time.perf_counter(),
-            }
+            since_eval, tokens_since_eval, t0 = [], 0, time.perf_counter()
             if checkpoint.should_stop(history, cfg.patience):
                 stopped_early = True
             if stopped_early or step >= total_steps:
