@@ -45,7 +45,9 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def run_protege(examples, steps: int, batch_size: int) -> dict:
+def run_protege(examples, steps: int, batch_size: int, phases: int = 2) -> dict:
+    """protege's path; its timed steps are split over `phases`, run before and after the
+    reference, so a shared machine's changing load hits both setups alike."""
     trainer.set_seed(0)
     model, tok = load_student(MODEL)
     items = encode(examples, tok, SRC_PAD, TGT_PAD)  # same truncation limits as the reference
@@ -64,15 +66,29 @@ def run_protege(examples, steps: int, batch_size: int) -> dict:
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     tokens, times = [], []
-    for step in range(steps + 1):
-        micro = [collate([items[i] for i in batches[step % len(batches)]], tok.pad_token_id)]
-        t0 = time.perf_counter()
-        _, n = trainer.train_step(model, optimizer, scheduler, micro, (0.5, 0.5), accelerator, 1.0)
-        sync()
-        if step:  # the warm-up step is not timed
-            tokens.append(n)
-            times.append(time.perf_counter() - t0)
-    return {**rate(tokens, times), "padding_efficiency": real / processed}
+    step = 0
+
+    def run(n: int, timed: bool) -> None:
+        nonlocal step
+        for _ in range(n):
+            micro = [collate([items[i] for i in batches[step % len(batches)]], tok.pad_token_id)]
+            step += 1
+            t0 = time.perf_counter()
+            _, k = trainer.train_step(
+                model, optimizer, scheduler, micro, (0.5, 0.5), accelerator, 1.0
+            )
+            sync()
+            if timed:
+                tokens.append(k)
+                times.append(time.perf_counter() - t0)
+
+    run(1, timed=False)  # warm-up
+    per_phase = [steps // phases + (i < steps % phases) for i in range(phases)]
+    for i, n in enumerate(per_phase):
+        run(n, timed=True)
+        if i < phases - 1:
+            yield None  # the reference runs here
+    yield {**rate(tokens, times), "padding_efficiency": real / processed}
 
 
 def rate(tokens: list[float], times: list[float]) -> dict:
@@ -144,8 +160,10 @@ def main() -> None:
     args = parser.parse_args()
     task = TaskConfig(format="label+rationale")
     examples = load_examples(args.data, task, max_rows=args.rows).examples
-    ours = run_protege(examples, args.steps, args.batch_size)
+    protege = run_protege(examples, args.steps, args.batch_size)
+    next(protege)  # first half of protege's steps
     ref = run_reference(examples, args.steps, args.batch_size)
+    ours = next(protege)  # second half
     tps, ref_tps = ours["tokens_per_s"], ref["tokens_per_s"]
     ratio = tps / ref_tps
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
