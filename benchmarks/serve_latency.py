@@ -41,14 +41,19 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
-def timed(fn, items, warmup: int = 3) -> tuple[list[float], list]:
-    for item in items[:warmup]:
-        fn(item)
-    lat, out = [], []
+def timed(paths: dict, items: list, warmup: int = 3) -> tuple[dict, dict]:
+    """Latency (ms) and output of each path on each item, the paths interleaved per item so
+    that every path sees the same machine load (this machine is shared)."""
+    for fn in paths.values():
+        for item in items[:warmup]:
+            fn(item)
+    lat: dict = {name: [] for name in paths}
+    out: dict = {name: [] for name in paths}
     for item in items:
-        t0 = time.perf_counter()
-        out.append(fn(item))
-        lat.append((time.perf_counter() - t0) * 1000)
+        for name, fn in paths.items():
+            t0 = time.perf_counter()
+            out[name].append(fn(item))
+            lat[name].append((time.perf_counter() - t0) * 1000)
     return lat, out
 
 
@@ -194,7 +199,11 @@ def serve_throughput(model_dir: Path, records, clients: int, seconds: float) -> 
     return {"ok": ok, "errors": errors, "rps": ok / elapsed, "mean_batch": mean_batch}
 
 
-FAST = {"scoring": "label scoring (PyTorch)", "ct2_scoring": "CTranslate2 int8 scoring"}
+FAST = {
+    "scoring": "label scoring (PyTorch)",
+    "ct2_f32_scoring": "CTranslate2 float32 scoring",
+    "ct2_scoring": "CTranslate2 int8 scoring",
+}
 
 
 def main() -> None:
@@ -203,6 +212,7 @@ def main() -> None:
     ap.add_argument("--teacher-n", type=int, default=10, help="local teacher calls timed")
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads of each model runtime")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -219,21 +229,28 @@ def main() -> None:
         shutil.copytree(resolve_model("protege:t5-small-random"), model_dir)
         save_task(TaskConfig(format="label"), model_dir)
         ct2_dir = export_ct2(model_dir, work / "student-ct2-int8", quantization="int8")
-        torch_p = Predictor.load(model_dir)
-        ct2_p = Predictor.load(ct2_dir)
+        f32_dir = export_ct2(model_dir, work / "student-ct2-f32", quantization="float32")
+        torch_p = Predictor.load(model_dir, threads=args.threads)
+        ct2_p = Predictor.load(ct2_dir, threads=args.threads)
+        f32_p = Predictor.load(f32_dir, threads=args.threads)
         budget = torch_p.label_budget()
 
-        rows, preds = {}, {}
-        lat, out = timed(lambda r: torch_p.predict([r], fast=False), records)
-        rows["HF generate (PyTorch)"], preds["generate"] = lat, [o[0]["label"] for o in out]
-        lat, out = timed(lambda r: constrained_generate(torch_p, [torch_p.source(r)]), records)
-        rows["HF generate, label-constrained"], preds["constrained"] = lat, [o[0] for o in out]
-        lat, out = timed(lambda r: torch_p.predict([r], fast=True), records)
-        rows["label scoring (PyTorch)"], preds["scoring"] = lat, [o[0]["label"] for o in out]
-        lat, out = timed(lambda r: ct2_p.predict([r], fast=False), records)
-        rows["CTranslate2 int8 generate"], preds["ct2_generate"] = lat, [o[0]["label"] for o in out]
-        lat, out = timed(lambda r: ct2_p.predict([r], fast=True), records)
-        rows["CTranslate2 int8 scoring"], preds["ct2_scoring"] = lat, [o[0]["label"] for o in out]
+        paths = {
+            "HF generate (PyTorch)": lambda r: torch_p.predict([r], fast=False)[0]["label"],
+            "HF generate, label-constrained": lambda r: constrained_generate(
+                torch_p, [torch_p.source(r)]
+            )[0],
+            FAST["scoring"]: lambda r: torch_p.predict([r], fast=True)[0]["label"],
+            FAST["ct2_f32_scoring"]: lambda r: f32_p.predict([r], fast=True)[0]["label"],
+            "CTranslate2 int8 generate": lambda r: ct2_p.predict([r], fast=False)[0]["label"],
+            FAST["ct2_scoring"]: lambda r: ct2_p.predict([r], fast=True)[0]["label"],
+        }
+        rows, out = timed(paths, records)
+        preds = {
+            "generate": out["HF generate (PyTorch)"],
+            "constrained": out["HF generate, label-constrained"],
+            **{k: out[v] for k, v in FAST.items()},
+        }
 
         teacher, teacher_valid, teacher_tokens, teacher_params = teacher_latencies(
             records, args.teacher_n
@@ -248,7 +265,9 @@ def main() -> None:
         exact = [k for k in FAST if same[k]] or list(FAST)
         fast_key = min(exact, key=lambda k: statistics.median(rows[FAST[k]]))
         fastest_key = min(FAST, key=lambda k: statistics.median(rows[FAST[k]]))
-        serve_dir = ct2_dir if fastest_key == "ct2_scoring" else model_dir
+        serve_dir = {"scoring": model_dir, "ct2_f32_scoring": f32_dir, "ct2_scoring": ct2_dir}[
+            fastest_key
+        ]
         served = serve_throughput(serve_dir, records, args.clients, args.seconds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -267,7 +286,8 @@ def main() -> None:
     agree_ct2 = agree("scoring", "ct2_scoring")
 
     print(f"model protege:t5-small-random (label format), {len(records)} ANLI R1 dev inputs,")
-    print(f"one at a time; generate max_new_tokens={budget} (label + eos), greedy")
+    print(f"one at a time, paths interleaved per input, {args.threads} CPU thread(s) per runtime;")
+    print(f"generate: max_new_tokens={budget} (label + eos), greedy")
     print(
         f"{'path':36} {'p50 ms':>9} {'p99 ms':>9} {'vs generate':>12}  same labels as constrained"
     )
@@ -310,6 +330,7 @@ def main() -> None:
         "fast_p99_ms": round(pct(rows[fast_name], 0.99), 3),
         "scoring_p50_ms": round(statistics.median(rows[FAST["scoring"]]), 3),
         "ct2_scoring_p50_ms": round(statistics.median(rows[FAST["ct2_scoring"]]), 3),
+        "ct2_f32_scoring_p50_ms": round(statistics.median(rows[FAST["ct2_f32_scoring"]]), 3),
         "ct2_generate_p50_ms": round(statistics.median(rows["CTranslate2 int8 generate"]), 3),
         "teacher_p50_ms": round(teacher_p50, 1),
         "teacher_mean_output_tokens": round(teacher_tokens, 1),

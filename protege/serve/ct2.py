@@ -101,13 +101,19 @@ def export_ct2(
 class CT2Backend:
     """`ctranslate2.Translator` behind the predictor's backend interface."""
 
-    def __init__(self, export_dir: str | Path, device: str = "cpu", max_source_len: int = 512):
+    def __init__(
+        self,
+        export_dir: str | Path,
+        device: str = "cpu",
+        max_source_len: int = 512,
+        threads: int | None = None,
+    ):
         from protege.student import load_tokenizer
 
         ctranslate2 = _ct2()
         self.tok = load_tokenizer(export_dir)
         # One OpenMP thread per core: more threads than cores only spin on a busy machine.
-        threads = min(4, os.cpu_count() or 1)
+        threads = threads or min(4, os.cpu_count() or 1)
         self.translator = ctranslate2.Translator(
             str(export_dir), device=device, intra_threads=threads
         )

@@ -51,11 +51,19 @@ class Backend(Protocol):
 class TorchBackend:
     """Hugging Face seq2seq model in PyTorch (T5, BART, EncoderDecoderModel)."""
 
-    def __init__(self, model_dir: str | Path, device: str = "cpu", max_source_len: int = 512):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        device: str = "cpu",
+        max_source_len: int = 512,
+        threads: int | None = None,
+    ):
         import torch
 
         from protege.student import load_student
 
+        if threads:
+            torch.set_num_threads(threads)  # process-wide: torch has no per-model setting
         self.torch = torch
         self.model, self.tok = load_student(model_dir)
         self.model.to(device).eval()
@@ -156,8 +164,11 @@ class Predictor:
         )
 
     @classmethod
-    def load(cls, model_dir: str | Path, device: str = "cpu", **kw: Any) -> Predictor:
-        """A PyTorch model dir, or a CTranslate2 export (`protege export`)."""
+    def load(
+        cls, model_dir: str | Path, device: str = "cpu", threads: int | None = None, **kw: Any
+    ) -> Predictor:
+        """A PyTorch model dir, or a CTranslate2 export (`protege export`); `threads` caps the
+        CPU threads of the model runtime (default: the runtime's own choice)."""
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
             raise ProtegeError(f"{model_dir}: no such model directory")
@@ -165,9 +176,9 @@ class Predictor:
         if (model_dir / CT2_MARKER).exists():
             from protege.serve.ct2 import CT2Backend
 
-            backend: Backend = CT2Backend(model_dir, device=device)
+            backend: Backend = CT2Backend(model_dir, device=device, threads=threads)
         else:
-            backend = TorchBackend(model_dir, device=device)
+            backend = TorchBackend(model_dir, device=device, threads=threads)
         return cls(backend, task, **kw)
 
     def source(self, item: dict[str, Any] | str, source: str = "input") -> str:
