@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from protege.errors import ProtegeError
 from protege.formats import (
+    EXPLAIN_PREFIX,
     PREDICT_PREFIX,
     Parsed,
     TaskConfig,
@@ -232,7 +233,9 @@ class Predictor:
                 preds.append(pred)
         if with_rationale and multitask:
             explain = [
-                explain_input(task, x) if isinstance(x, dict) else "explain: " + _strip_predict(x)
+                explain_input(task, x)
+                if isinstance(x, dict)
+                else EXPLAIN_PREFIX + _strip_predict(x)
                 for x in inputs
             ]
             for pred, text in zip(
