@@ -251,3 +251,29 @@ def test_default_minilm_student_trains_two_steps(tmp_path):
     cfg = tiny_config(tmp_path, model="protege:minilm-encdec", max_steps=2, evals_per_epoch=1)
     (result,) = json.loads((run_train(cfg) / "results.json").read_text())
     assert result["steps"] == 2 and result["best"]["loss"]["eval_loss"] > 0
+
+
+def test_early_stopping_and_kept_checkpoints_follow_the_eval_history(tmp_path, monkeypatch):
+    scripted = iter(
+        [  # (eval_loss, eval_accuracy) per evaluation
+            (2.0, 0.30),
+            (1.0, 0.40),
+            (1.5, 0.60),
+            (1.2, 0.60),  # second evaluation without a lower loss: patience 2 stops here
+            (0.5, 0.90),  # never reached
+        ]
+    )
+
+    def fake_evaluate(*args, **kwargs):
+        loss, acc = next(scripted)
+        return {"eval_loss": loss, "eval_accuracy": acc, "eval_coverage": 1.0, "eval_bleu": 1.0}
+
+    monkeypatch.setattr(trainer, "evaluate", fake_evaluate)
+    cfg = tiny_config(tmp_path, epochs=5, patience=2)  # 10 steps, evaluation every step
+    (result,) = json.loads((run_train(cfg) / "results.json").read_text())
+    assert result["early_stopped"] and result["steps"] == 4
+    assert result["best"]["loss"]["step"] == 2 and result["best"]["accuracy"]["step"] == 3
+    out = Path(cfg.output_dir)
+    for which, step in (("loss", 2), ("accuracy", 3)):
+        meta = json.loads((out / result["best"][which]["path"] / "protege_meta.json").read_text())
+        assert meta["step"] == step
