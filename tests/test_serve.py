@@ -170,7 +170,10 @@ def test_slow_client_does_not_stall_others(predictor):
         assert post(s.url, {"inputs": ["x"]}).status_code == 200
         assert time.perf_counter() - t0 < 2.5  # answered while the slow body is pending
         slow.settimeout(10)
-        reply = slow.recv(4096).decode()
+        chunks = []  # headers and body may come in separate packets: read to the close
+        while chunk := slow.recv(4096):
+            chunks.append(chunk)
+        reply = b"".join(chunks).decode()
         slow.close()
         assert reply.startswith("HTTP/1.1 408") and "body not received within 3s" in reply
 
