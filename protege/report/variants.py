@@ -12,19 +12,12 @@ from protege.report.html import render_html
 from protege.report.markdown import render_markdown
 from protege.report.model import Report, Section, Table, ci, money, num, pct
 from protege.report.sections import RunFiles
-from protege.report.views import best_student, spend_section
+from protege.report.views import best_student, rouge_cells, spend_section
 
 
 def _metric_cells(m: dict[str, Any], kind: str) -> list[str]:
     if kind == "summarization":
-        return [
-            num(m.get("rouge1")),
-            num(m.get("rouge2")),
-            num(m.get("rougeL")),
-            num(m.get("rougeLsum")),
-            ci(m.get("rougeL_ci"), digits=2),
-            num(m.get("gen_len_words"), 1),
-        ]
+        return rouge_cells(m)
     return [
         pct(m.get("accuracy")),
         ci(m.get("accuracy_ci"), 100),

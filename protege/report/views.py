@@ -92,18 +92,20 @@ def verdict(run: RunFiles) -> str | None:
     )
 
 
-def _rouge_row(name: str, ckpt: str, m: dict[str, Any]) -> list[str]:
+def rouge_cells(m: dict[str, Any]) -> list[str]:
+    """R1, R2, RL, RLsum, the RL interval and generated length in words, formatted."""
     return [
-        name,
-        ckpt,
         num(m.get("rouge1")),
         num(m.get("rouge2")),
         num(m.get("rougeL")),
         num(m.get("rougeLsum")),
         ci(m.get("rougeL_ci"), digits=2),
         num(m.get("gen_len_words"), 1),
-        num(m.get("gen_len_tokens"), 1),
     ]
+
+
+def _rouge_row(name: str, ckpt: str, m: dict[str, Any]) -> list[str]:
+    return [name, ckpt, *rouge_cells(m), num(m.get("gen_len_tokens"), 1)]
 
 
 def best_model_section(run: RunFiles) -> Section:
