@@ -115,9 +115,12 @@ def target_lengths(records: list[dict], tok) -> dict[str, int]:
     return out
 
 
-def teacher_latencies(records: list[dict], n: int) -> tuple[list[float], int, float, dict]:
+def teacher_latencies(
+    records: list[dict], n: int, threads: int
+) -> tuple[list[float], int, float, dict]:
     """Local llama.cpp teacher answering the `label` recipe's prompt with the pipeline's own
-    sampling parameters (`TeacherConfig().params()`), one call at a time."""
+    sampling parameters (`TeacherConfig().params()`), one call at a time, with the same CPU
+    threads as each student runtime."""
     from openai import OpenAI
 
     from protege.formats import TaskConfig, inference_input
@@ -129,7 +132,7 @@ def teacher_latencies(records: list[dict], n: int) -> tuple[list[float], int, fl
     params = TeacherConfig().params()
     template = Template(get_recipe("label").path)
     lat, valid, tokens = [], 0, []
-    with local_server() as base_url:
+    with local_server(n_threads=threads) as base_url:
         client = OpenAI(base_url=base_url, api_key="local", timeout=300)
         for i, r in enumerate(records[: n + 1]):
             msgs = template.messages(
@@ -285,7 +288,7 @@ def main() -> None:
         }
 
         teacher, teacher_valid, teacher_tokens, teacher_params = teacher_latencies(
-            records, args.teacher_n
+            records, args.teacher_n, args.threads
         )
         api = api_latencies()
         # "Same predictions": a fast path counts only if it agrees with label-constrained
