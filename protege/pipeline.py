@@ -140,6 +140,8 @@ def run_recipe(recipe: RecipeConfig, force: bool = False) -> RunResult:
             f"generate:{step.name}", fp, [out], lambda c=cfg, n=step.name: _generate(c, run, n)
         )
         use_as = step.use_as or step.split
+        if use_as == "test":
+            _require_every_row(out, data["test"], step.name)
         if use_as != "none":
             inputs[use_as] = out
     teacher_file = None
@@ -173,7 +175,7 @@ def run_recipe(recipe: RecipeConfig, force: bool = False) -> RunResult:
             run,
             train_path,
             inputs["dev"],
-            data["test"],
+            inputs["test"],
             teacher_file,
             variant.train if variant else None,
         )
@@ -208,6 +210,17 @@ def _student_stages(
     report_fp = fingerprint(eval_fp, recipe.report, gen_fps)
     stages.run(f"{prefix}report", report_fp, [report], lambda: _report(recipe, sub, run))
     return report
+
+
+def _require_every_row(out: Path, test: Path, step: str) -> None:
+    """A teacher step that adds fields to the test split (reference rationales for BLEU) must
+    cover every test row: evaluating on fewer rows would quietly change the test set."""
+    missing = len(read_records(test)) - len(read_records(out))
+    if missing:
+        raise ProtegeError(
+            f"generate:{step}: {missing} test rows have no teacher answer yet (failed calls are "
+            f"retried by the next run); the test set is evaluated whole or not at all"
+        )
 
 
 def _set_aside(path: Path, old_fp: str) -> None:

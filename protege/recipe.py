@@ -68,8 +68,9 @@ class StepConfig:
 
     name: str
     split: Literal["train", "dev", "test"] = "train"
-    use_as: Literal["train", "dev", "none"] | None = None
-    """Which split's data this step's output replaces downstream (default: its own split)."""
+    use_as: Literal["train", "dev", "test", "none"] | None = None
+    """Which split's data this step's output replaces downstream (default: its own split).
+    On test it only adds fields (reference rationales for BLEU); the rows stay the same."""
     config: dict[str, Any] = field(default_factory=dict)
     """`GenerateConfig` fields; `input` and `output` are filled in by the pipeline."""
 

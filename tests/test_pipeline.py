@@ -34,6 +34,7 @@ def write_recipe(tmp_path: Path, base_url: str, **changes) -> Path:
         "generate": [
             {"name": "explain-train", "split": "train", "config": {"recipe": "explain"}},
             {"name": "explain-dev", "split": "dev", "config": {"recipe": "explain"}},
+            {"name": "explain-test", "split": "test", "config": {"recipe": "explain"}},
         ],
         "teacher_zeroshot": {"enabled": True, "config": {"teacher": {"max_tokens": 5}}},
         "train": {
@@ -80,7 +81,9 @@ def test_run_end_to_end_then_rerun_skips_and_one_change_reruns_what_depends(tmp_
     assert {m["baseline"] for m in summary["models"]} == {True, False}
     assert summary["teacher"] is not None
     calls = len(teacher.answered())
-    assert calls == 24 + 12 + 12  # explain train + dev, teacher zero-shot on test
+    assert calls == 24 + 12 + 12 + 12  # explain train, dev, test; teacher zero-shot on test
+    rationale = [m for m in summary["models"] if not m["baseline"]]
+    assert all(m["test"]["bleu"] is not None for m in rationale)  # test references from teacher
 
     again = run_recipe(load_recipe(path))
     assert again.ran == [] and len(teacher.answered()) == calls
@@ -109,3 +112,14 @@ def test_training_on_test_rows_is_refused(tmp_path, teacher):
     with pytest.raises(ProtegeError, match="data.train: 2 of its rows are test rows"):
         run_recipe(load_recipe(path, [f"data={json.dumps(data)}"]))
     assert teacher.answered() == []
+
+
+def test_a_test_row_the_teacher_did_not_answer_stops_the_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    row = read_records(sample_path("nli", "test"))[3]
+    with FakeOpenAI(prompt_faults={row["hypothesis"]: ["500"] * 10}) as fake:
+        path = write_recipe(tmp_path, fake.base_url)
+        recipe = load_recipe(path, ["teacher.max_retries=1", "teacher.backoff_s=0.01"])
+        with pytest.raises(ProtegeError, match="1 test rows have no teacher answer yet"):
+            run_recipe(recipe)
+    assert not (tmp_path / "run" / "train").exists()
