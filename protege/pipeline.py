@@ -37,7 +37,7 @@ from protege.recipe import (
     zeroshot_dict,
 )
 
-console = Console(stderr=True)
+console = Console(stderr=True, emoji=False)  # "data:train:" is not an emoji
 
 
 class Stages:
