@@ -41,14 +41,18 @@ def assemble_report(run_dir: str | Path, hourly_price_usd: float | None = None) 
             f"max_new_tokens={dec['max_new_tokens']}, batch_size={dec['batch_size']}"
         )
     meta.append(f"generated {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}")
+    # Sections that do not apply to the task are left out (ROUGE for NLI, per-class and
+    # rationale BLEU for summaries); a section that applies but lacks data says why.
+    if run.kind == "summarization":
+        task_sections = [rouge_section(run)]
+    else:
+        task_sections = [bleu_curves_section(run), best_model_section(run)]
     sections = [
         hygiene_section(run),
         grid_section(run),
         eval_vs_test_section(run),
         curves_section(run),
-        bleu_curves_section(run),
-        best_model_section(run),
-        rouge_section(run),
+        *task_sections,
         cost_section(run, hourly_price_usd),
     ]
     return Report(f"protege report: {run_dir.name}", meta, sections)
