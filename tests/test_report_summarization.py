@@ -105,7 +105,9 @@ def test_rouge_table_has_students_and_teacher_row(summ_run):
     students = [line for line in section.splitlines() if line.startswith("| protege:tiny-t5")]
     assert len(students) == 2  # both checkpoints
     assert (
-        "Eval rougeL over training" in md and "Per-class" not in md and "Rationale BLEU" not in md
+        "Eval rougeL over training" in md
+        and "(chosen on dev): per class" not in md
+        and "Rationale BLEU" not in md
     )
     assert "| $1.00 |" in md  # teacher: $0.001 per answer -> $1 per 1,000
 
