@@ -11,8 +11,9 @@ from serve_util import nli_rows, trained_model
 from protege.cli import main
 from protege.errors import DataError, ProtegeError
 from protege.formats import TaskConfig, save_task
+from protege.formats import parse_output as parse
 from protege.serve.batch import predict_file
-from protege.serve.predictor import Predictor, parse
+from protege.serve.predictor import Predictor
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@ teacher's zero-shot answers, so the two rows of a report are comparable by const
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np
@@ -12,14 +11,6 @@ from protege.errors import DataError
 from protege.evaluate import metrics as M
 from protege.evaluate.stats import bootstrap_ci, mean_ci
 from protege.formats import TaskConfig, normalise_label, parse_output
-
-
-def readable(task: TaskConfig, text: str) -> str:
-    """Undo what an uncased WordPiece decode does to the connectors (`explanation : ...`,
-    `answer : x`), so `parse_output` reads the offline MiniLM student like any other."""
-    for word in (task.rationale_name, "Answer"):
-        text = re.sub(rf"(^|\s){re.escape(word)}\s*:", rf"\g<1>{word}:", text, flags=re.I)
-    return text
 
 
 def headline(task: TaskConfig) -> str:
@@ -91,7 +82,7 @@ def score_outputs(
 
     golds = gold_labels(task, records, source)
     if preds is None or (rationales is None and task.needs_rationale):
-        parsed = [parse_output(task, readable(task, t)) for t in texts]
+        parsed = [parse_output(task, t) for t in texts]
         preds = preds if preds is not None else [p.label for p in parsed]
         if rationales is None and task.needs_rationale:
             rationales = [p.rationale for p in parsed]

@@ -9,7 +9,6 @@ implementations: PyTorch (`TorchBackend`) and CTranslate2 (`protege.serve.ct2.CT
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -17,7 +16,6 @@ from protege.errors import ProtegeError
 from protege.formats import (
     EXPLAIN_PREFIX,
     PREDICT_PREFIX,
-    Parsed,
     TaskConfig,
     explain_input,
     inference_input,
@@ -135,18 +133,6 @@ class TorchBackend:
         return self.tok.batch_decode(out, skip_special_tokens=True)
 
 
-def parse(task: TaskConfig, text: str) -> Parsed:
-    """`parse_output`, tolerant of uncased tokenizers that decode `Explanation:` as
-    `explanation :` (the MiniLM/BERT tokenizer lowercases and splits punctuation)."""
-    parsed = parse_output(task, text)
-    if parsed.label is None and task.type == "classification":
-        for name in (task.rationale_name, "Answer"):
-            text = re.sub(rf"\s*\b{re.escape(name)}\s*:", f" {name}:", text, flags=re.I)
-        parsed = parse_output(task, text.strip())
-        parsed.text = text.strip()
-    return parsed
-
-
 class Predictor:
     """A loaded student: `predict(inputs, with_rationale=False)`, batched."""
 
@@ -226,7 +212,7 @@ class Predictor:
                 budget = self.label_budget()
             preds = []
             for text in self.backend.generate(sources, budget):
-                p = parse(task, text)
+                p = parse_output(task, text)
                 pred = {"label": p.label, "text": p.text}
                 if with_rationale and not multitask:
                     pred["rationale"] = p.rationale
