@@ -136,9 +136,7 @@ def run_recipe(recipe: RecipeConfig, force: bool = False) -> RunResult:
         out = run / "generate" / f"{step.name}.jsonl"
         cfg = step_generate_dict(recipe, step, str(data[step.split]), str(out))
         fp = fingerprint(cfg, file_sha256(data[step.split]))
-        stages.run(
-            f"generate:{step.name}", fp, [out], lambda c=cfg, n=step.name: _generate(c, run, n)
-        )
+        stages.run(f"generate:{step.name}", fp, [out], lambda c=cfg: _generate(c))
         use_as = step.use_as or step.split
         if use_as == "test":
             _require_every_row(out, data["test"], step.name)
@@ -153,7 +151,7 @@ def run_recipe(recipe: RecipeConfig, force: bool = False) -> RunResult:
             "generate:teacher-zeroshot",
             fp,
             [teacher_file],
-            lambda c=cfg: _generate(c, run, "teacher-zeroshot"),
+            lambda c=cfg: _generate(c),
         )
 
     # 3. train the grid; 4. evaluate every checkpoint on test; 5. report. With variants, each
@@ -267,12 +265,11 @@ def _import(recipe: RecipeConfig, imp) -> None:
     console.print(f"imported {n} recorded answers of {imp.model} from {imp.file}")
 
 
-def _generate(cfg: dict[str, Any], run: Path, name: str) -> None:
+def _generate(cfg: dict[str, Any]) -> None:
+    """One teacher step; `run_generate` writes its output and `<output>.summary.json`."""
     from protege.generate import GenerateConfig, run_generate
 
-    result = run_generate(from_dict(GenerateConfig, cfg))
-    summary = {k: v for k, v in vars(result).items()}
-    write_json(run / "generate" / f"{name}.summary.json", summary)
+    run_generate(from_dict(GenerateConfig, cfg))
 
 
 def _train(cfg: dict[str, Any]) -> None:

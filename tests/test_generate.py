@@ -54,7 +54,7 @@ def test_5w_prompt_is_paper_a_verbatim_and_one_call_per_premise(fake_openai, tmp
     for r in rows:  # every hypothesis on a premise carries that premise's one answer
         assert by_premise.setdefault(r["premise"], r["rationale"]) == r["rationale"]
     summary = json.loads((tmp_path / "out.summary.json").read_text())
-    assert summary["result"]["n_requests"] == len(premises)
+    assert summary["n_requests"] == len(premises)
 
 
 @pytest.mark.skipif(not EMANLI.exists(), reason="shared ANLI/EMANLI data not present")

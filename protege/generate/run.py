@@ -142,7 +142,7 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
     write_jsonl(cfg.output, out_records)
     write_json(
         summary_path(cfg.output),
-        {"config": to_dict(cfg), "result": to_dict(result), "reduction": result.reduction},
+        {**to_dict(result), "reduction": result.reduction, "config": to_dict(cfg)},
     )
     return result
 
