@@ -168,20 +168,20 @@ def test_bad_input_stops_before_any_call(fake_openai, tmp_path, lines, recipe, m
 
 def test_dry_run_counts_without_calling(fake_openai, tmp_path):
     cfg = _cfg(fake_openai, tmp_path, recipe="5w", limit=20,
-               teacher={"model": "gpt-3.5-turbo-0125"})  # fmt: skip
+               teacher={"model": "gpt-4.1-mini"})  # fmt: skip
     dry = run_generate(GenerateConfig(**{**cfg.__dict__, "dry_run": True}))
     assert fake_openai.log == [] and not (tmp_path / "out.jsonl").exists()
     assert dry.n_requests - dry.n_cached == dry.n_requests > 0
     assert dry.est_output_tokens == 400 * dry.n_requests
-    expected = (dry.est_input_tokens * 0.5 + dry.est_output_tokens * 1.5) / 1e6
-    assert dry.est_cost_usd == pytest.approx(expected)
+    expected = (dry.est_input_tokens * 0.4 + dry.est_output_tokens * 1.6) / 1e6  # genai-prices
+    assert dry.est_cost_usd == pytest.approx(expected) and dry.price_source == "genai-prices"
     run_generate(GenerateConfig(**{**cfg.__dict__, "limit": 10}))
     again = run_generate(GenerateConfig(**{**cfg.__dict__, "dry_run": True}))
     assert 0 < again.n_cached < again.n_requests == dry.n_requests
     result = CliRunner().invoke(main, [
         "generate", "--recipe", "5w", "--input", cfg.input, "--output", cfg.output, "--limit",
         "20", "--teacher", "openai", "--base-url", fake_openai.base_url, "--dry-run",
-        "teacher.model=gpt-3.5-turbo-0125",
+        "teacher.model=gpt-4.1-mini",
     ])  # fmt: skip
     assert result.exit_code == 0 and "est. cost" in result.output
     assert f"{again.n_cached}" in result.output

@@ -109,7 +109,9 @@ def test_openai_kind_without_a_key_says_how_to_set_one(tmp_path, monkeypatch):
         recipe="explain", input=str(sample_path("nli", "dev")), output=str(tmp_path / "o.jsonl"),
         teacher=TeacherConfig(kind="openai"), limit=2, progress=False,
     )  # fmt: skip
-    with pytest.raises(ConfigError, match=r"no API key; set \$OPENAI_API_KEY"):
+    with pytest.raises(
+        ConfigError, match=r"no API key for https://api.openai.com/v1; set \$OPENAI_API_KEY"
+    ):
         run_generate(cfg)
 
 
@@ -133,7 +135,7 @@ def test_client_errors_fail_at_once_without_retries(fake_openai, tmp_path):
     fake_openai.faults.extend(["400", "400"])
     result = run_generate(_cfg(fake_openai, tmp_path, limit=2))
     assert (result.n_failed, result.n_retries, result.n_written) == (2, 0, 0)
-    assert "bad request" in result.errors[0] and len(fake_openai.log) == 2
+    assert "HTTP 400 string_above_max_length" in result.errors[0] and len(fake_openai.log) == 2
 
 
 def test_csv_input_with_mapped_fields(fake_openai, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 
 from protege.teacher.client import backoff, retry_after
 from protege.teacher.config import TeacherConfig
-from protege.teacher.cost import Budget, call_cost, estimate_prompt_tokens, worst_prompt_tokens
+from protege.teacher.cost import Budget, estimate_prompt_tokens, worst_prompt_tokens
 from protege.teacher.keys import get_key, set_key
 from protege.teacher.store import MIGRATIONS, Answer, TeacherStore, request_key
 
@@ -28,7 +28,7 @@ def test_request_key_is_canonical_and_sensitive_to_every_part():
 
 def test_teacher_params_follow_paper_a_defaults():
     cfg = TeacherConfig(kind="openai")
-    assert cfg.model_name == "gpt-3.5-turbo-0125"
+    assert cfg.model_name == "gpt-4.1-mini"  # gpt-3.5-turbo-0125 was shut down 2026-10-23
     assert cfg.params() == {"max_tokens": 400, "temperature": 0.2, "seed": 123}
     assert TeacherConfig(seed=None, temperature=None).params() == {"max_tokens": 400}
     assert TeacherConfig().model_name == "smollm2-135m-instruct"
@@ -58,11 +58,7 @@ def test_store_migrates_once_uses_wal_and_keeps_ok_answers(teacher_db):
     assert sqlite3.connect(teacher_db).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
-def test_costs_and_token_bounds_by_hand():
-    prices = {"m": {"input": 0.5, "output": 1.5}}
-    # 1000 in * 0.5/1M + 200 out * 1.5/1M = 0.0005 + 0.0003
-    assert call_cost(prices, "m", 1000, 200) == pytest.approx(0.0008)
-    assert call_cost(prices, "unpriced", 1000, 200) == 0.0
+def test_token_bounds_by_hand():
     messages = [{"role": "user", "content": "é" * 8}]  # 8 chars, 16 UTF-8 bytes
     assert estimate_prompt_tokens(messages) == 2 + 4 + 3
     assert worst_prompt_tokens(messages) == 16 + 4 + 3

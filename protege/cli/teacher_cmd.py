@@ -28,7 +28,7 @@ def generate(config, recipe, input_, output, teacher, model, base_url, concurren
 
     \b
     protege generate --recipe explain --input data/train.jsonl --output out.jsonl \\
-        --teacher openai --model gpt-3.5-turbo-0125 --max-cost 5
+        --teacher openai --model gpt-4.1-mini --max-cost 5
     protege generate -c generate.yaml teacher.concurrency=32 --dry-run
 
     Every answer is kept in the teacher store; a rerun sends only what is missing. A YAML with
@@ -77,7 +77,7 @@ def _print_result(r) -> None:
             ("calls to make", r.n_requests - r.n_cached),
             ("est. input tokens", r.est_input_tokens),
             ("max output tokens", r.est_output_tokens),
-            ("est. cost (upper bound)", f"${r.est_cost_usd:.4f}"),
+            ("est. cost (upper bound)", _cost(r)),
         ]
     else:
         latency = f"{r.mean_latency_s:.3f}s" if r.mean_latency_s is not None else "-"
@@ -96,6 +96,14 @@ def _print_result(r) -> None:
     console.print(table)
     for error in r.errors:
         console.print(f"[red]error:[/red] {error}")
+    for rule in r.learned:
+        console.print(f"[yellow]learned from the endpoint:[/yellow] {rule}")
+
+
+def _cost(r) -> str:
+    if r.est_cost_usd is None:
+        return "unknown price (set teacher.prices.<model>.input/output, $ per 1M tokens)"
+    return f"${r.est_cost_usd:.4f} ({r.price_source})"
 
 
 @click.group("teacher")

@@ -71,8 +71,13 @@ class GenerateResult:
     mean_latency_s: float | None = None
     est_input_tokens: int = 0
     est_output_tokens: int = 0
-    est_cost_usd: float = 0.0
-    """Dry-run estimate for the prompts not yet answered."""
+    est_cost_usd: float | None = None
+    """Dry-run estimate for the prompts not yet answered (an upper bound on output); None when
+    the model's price is unknown."""
+    price_source: str | None = None
+    """Where the price came from: config, genai-prices, free (local/replay); None: unknown."""
+    learned: list[str] = field(default_factory=list)
+    """Parameter rules learned from the endpoint's 400s in this job (kept in the store)."""
     dry_run: bool = False
     errors: list[str] = field(default_factory=list)
     """A few of the failures, for the summary."""

@@ -28,7 +28,8 @@ from protege.errors import ConfigError, DataError
 from protege.formats import normalise_label
 from protege.generate.config import GenerateConfig, GenerateResult
 from protege.generate.recipes import Recipe, Template, get_recipe
-from protege.teacher.cost import Budget, call_cost, estimate_prompt_tokens, worst_prompt_tokens
+from protege.teacher.cost import Budget, estimate_prompt_tokens, worst_prompt_tokens
+from protege.teacher.prices import pricing, unknown_price
 from protege.teacher.replay import replay_miss
 from protege.teacher.store import Answer, TeacherStore, request_key
 
@@ -105,24 +106,28 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
         result.n_cached = len(distinct) - len(todo)
         result.est_input_tokens = sum(estimate_prompt_tokens(distinct[k]) for k in todo)
         result.est_output_tokens = tcfg.max_tokens * len(todo)
-        result.est_cost_usd = call_cost(
-            tcfg.prices, model, result.est_input_tokens, result.est_output_tokens
-        )
+        price = pricing(tcfg)
+        result.price_source = price.source if price else None
+        if price:
+            result.est_cost_usd = price.cost(result.est_input_tokens, result.est_output_tokens)
         if cfg.dry_run:
             return result
         if todo and tcfg.kind == "replay":
             first = records[keys.index(todo[0])]
             where = f"{cfg.input}:{first.get('_line', '?')}"
             raise replay_miss(model, len(todo), len(distinct), where)
+        if todo and price is None and cfg.max_cost is not None:
+            raise unknown_price(tcfg)
         if todo:
             requests = [Request(k, distinct[k], worst_prompt_tokens(distinct[k])) for k in todo]
-            report = _call(cfg, requests, store, result.n_cached)
+            report = _call(cfg, requests, store, result.n_cached, price)
             result.n_calls = report.ok + report.failed
             result.n_retries = report.retries
             result.cost_usd = report.cost_usd
             if report.latencies:
                 result.mean_latency_s = sum(report.latencies) / len(report.latencies)
             result.errors = list(dict.fromkeys(report.errors.values()))[:5]
+            result.learned = report.learned
             stored = store.get_many(distinct)
         done = {k for k in todo if k in stored and stored[k].status == "ok"}
 
@@ -183,7 +188,7 @@ def _output_record(
     return row
 
 
-def _call(cfg: GenerateConfig, requests: list, store: TeacherStore, n_cached: int):
+def _call(cfg: GenerateConfig, requests: list, store: TeacherStore, n_cached: int, price):
     """Send `requests` with a live progress bar (done / cached / failed / cost)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -217,7 +222,7 @@ def _call(cfg: GenerateConfig, requests: list, store: TeacherStore, n_cached: in
         async def go():
             client = ChatClient(tcfg, base_url, api_key)
             try:
-                return await call_all(requests, tcfg, client, store, budget, on_answer)
+                return await call_all(requests, tcfg, client, store, budget, on_answer, price)
             finally:
                 await client.close()
 

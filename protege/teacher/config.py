@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
+from urllib.parse import urlsplit
 
-# US dollars per million tokens. Editable in config (`teacher.prices.<model>.input=...`);
-# a model missing from the table costs nothing (local servers).
-DEFAULT_PRICES: dict[str, dict[str, float]] = {
-    "gpt-3.5-turbo-0125": {"input": 0.50, "output": 1.50},
-    "gpt-4o-mini": {"input": 0.15, "output": 0.60},
-    "gpt-4o": {"input": 2.50, "output": 10.00},
-    "gpt-4.1-mini": {"input": 0.40, "output": 1.60},
-    "gpt-4.1": {"input": 2.00, "output": 8.00},
-}
+OPENAI_URL = "https://api.openai.com/v1"
+DEFAULT_KEY_ENVS = {"api.openai.com": "OPENAI_API_KEY", ".openai.azure.com": "AZURE_OPENAI_API_KEY"}
+"""Host (or host suffix) -> the key variable used when `api_key_env` is not set."""
+
+OPENAI_MODEL = "gpt-4.1-mini"
+"""The `openai` kind's default: OpenAI's named substitute for gpt-3.5-turbo-0125 (Paper A's
+teacher, shut down 2026-10-23); like it a non-reasoning chat model, so temperature 0.2 holds."""
 
 LOCAL_MODEL = "smollm2-135m-instruct"
 """The name the embedded llama.cpp server answers to (its `--model_alias`)."""
@@ -26,11 +25,16 @@ class TeacherConfig:
     kind: Literal["openai", "local", "replay"] = "local"
     """`openai`: any OpenAI-compatible endpoint; `local`: embedded llama.cpp; `replay`: store only."""
     model: str = ""
-    """Model name sent to the server; empty means the kind's default (gpt-3.5-turbo-0125 / local)."""
+    """Model name sent to the server; empty means the kind's default (gpt-4.1-mini / local)."""
     base_url: str | None = None
-    """OpenAI-compatible base URL (`.../v1`); None means api.openai.com (openai) or the local server."""
-    api_key_env: str = "OPENAI_API_KEY"
-    """Environment variable holding the API key; falls back to the keys file (`protege teacher key set`)."""
+    """OpenAI-compatible base URL (`.../v1`); None means api.openai.com (openai) or the local
+    server. Azure OpenAI: `https://<resource>.openai.azure.com/openai/v1/`, with the deployment
+    name as `model`; vLLM / llama.cpp / Ollama: e.g. `http://localhost:8000/v1`."""
+    api_key_env: str | None = None
+    """Environment variable holding the API key (falls back to the keys file, `protege teacher
+    key set NAME`). None: OPENAI_API_KEY for api.openai.com, AZURE_OPENAI_API_KEY for
+    *.openai.azure.com, and no key for any other endpoint, so your OpenAI key is never sent to a
+    third-party server unless you name it here."""
     temperature: float | None = 0.2
     """Sampling temperature (Paper A: 0.2)."""
     seed: int | None = 123
@@ -51,8 +55,9 @@ class TeacherConfig:
     """Retries after the first try on 429, 5xx, timeouts and dropped connections."""
     backoff_s: float = 1.0
     """First backoff; doubles each retry, with full jitter, capped at 60 s (Retry-After wins)."""
-    prices: dict[str, dict[str, float]] = field(default_factory=lambda: dict(DEFAULT_PRICES))
-    """Model -> {"input": $/1M tokens, "output": $/1M tokens}."""
+    prices: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Your prices, model -> {"input": $, "output": $, "cached_input": $} per 1M tokens; they
+    override the `genai-prices` table (e.g. `teacher.prices.my-model={input: 0.1, output: 0.4}`)."""
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -65,10 +70,32 @@ class TeacherConfig:
         """The model actually named in requests (and in the store key)."""
         if self.model:
             return self.model
-        return LOCAL_MODEL if self.kind == "local" else "gpt-3.5-turbo-0125"
+        return LOCAL_MODEL if self.kind == "local" else OPENAI_MODEL
+
+    @property
+    def endpoint_url(self) -> str:
+        """The base URL requests go to (a local teacher's is only known once it runs)."""
+        return self.base_url or ("local" if self.kind == "local" else OPENAI_URL)
+
+    @property
+    def key_env(self) -> str | None:
+        """The variable holding this endpoint's key: `api_key_env`, else the endpoint's own."""
+        if self.api_key_env:
+            return self.api_key_env
+        host = urlsplit(self.endpoint_url).hostname or ""
+        return DEFAULT_KEY_ENVS.get(host) or next(
+            (env for suffix, env in DEFAULT_KEY_ENVS.items() if host.endswith(suffix)), None
+        )
+
+    @property
+    def is_openai(self) -> bool:
+        """OpenAI's own API (api.openai.com or Azure OpenAI): its current parameter names apply."""
+        host = urlsplit(self.endpoint_url).hostname or ""
+        return host == "api.openai.com" or host.endswith(".openai.azure.com")
 
     def params(self) -> dict[str, float | int]:
-        """Sampling parameters that change the answer, hence part of the store key."""
+        """Sampling parameters that change the answer, hence part of the store key. These are
+        canonical names (`max_tokens`), whatever name the endpoint takes (`params.py`)."""
         p: dict[str, float | int] = {"max_tokens": self.max_tokens}
         if self.temperature is not None:
             p["temperature"] = self.temperature

@@ -1,4 +1,4 @@
-"""Token estimates, prices and the budget that `--max-cost` enforces.
+"""Token estimates and the budget that `--max-cost` enforces (prices: `prices.py`).
 
 The budget reserves each call's worst case before the call is sent (every prompt byte a token,
 plus `max_tokens` of answer) and settles to the real usage when the answer arrives, so spend can
@@ -27,16 +27,6 @@ def estimate_prompt_tokens(messages: list[dict[str, str]]) -> int:
 def worst_prompt_tokens(messages: list[dict[str, str]]) -> int:
     """An upper bound: a byte-level BPE never makes more tokens than bytes."""
     return prompt_bytes(messages) + MESSAGE_OVERHEAD * len(messages) + REPLY_OVERHEAD
-
-
-def call_cost(
-    prices: dict[str, dict[str, float]], model: str, input_tokens: int, output_tokens: int
-) -> float:
-    """Dollars for one call; a model without a price (a local server) costs nothing."""
-    price = prices.get(model)
-    if not price:
-        return 0.0
-    return (input_tokens * price.get("input", 0.0) + output_tokens * price.get("output", 0.0)) / 1e6
 
 
 @dataclass

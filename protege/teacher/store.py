@@ -60,7 +60,29 @@ def _m002_source(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE responses ADD COLUMN source TEXT NOT NULL DEFAULT 'live'")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_responses, _m002_source]
+def _m003_usage_details_and_param_rules(db: sqlite3.Connection) -> None:
+    # Usage as billed: cached input tokens (inside input_tokens) and reasoning tokens (inside
+    # output_tokens). And what each endpoint/model was learned to accept (`params.py`).
+    db.execute("ALTER TABLE responses ADD COLUMN cached_tokens INTEGER")
+    db.execute("ALTER TABLE responses ADD COLUMN reasoning_tokens INTEGER")
+    db.execute(
+        """CREATE TABLE param_rules (
+            endpoint TEXT NOT NULL,
+            model TEXT NOT NULL,
+            param TEXT NOT NULL,               -- canonical name (max_tokens, temperature, seed)
+            action TEXT NOT NULL,              -- rename:<name> | drop
+            reason TEXT,                       -- the error message it was learned from
+            created_at REAL NOT NULL,
+            PRIMARY KEY (endpoint, model, param)
+        )"""
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _m001_responses,
+    _m002_source,
+    _m003_usage_details_and_param_rules,
+]
 
 
 @dataclass
@@ -81,11 +103,15 @@ class Answer:
     attempts: int = 1
     created_at: float = 0.0
     source: str = "live"
+    cached_tokens: int | None = None
+    """Input tokens served from the prompt cache (part of input_tokens, billed cheaper)."""
+    reasoning_tokens: int | None = None
+    """Hidden reasoning tokens (part of output_tokens, billed as output)."""
 
 
 _COLUMNS = (
     "key, model, status, text, finish_reason, input_tokens, output_tokens, cost_usd, latency_s, "
-    "system_fingerprint, error, attempts, created_at, source"
+    "system_fingerprint, error, attempts, created_at, source, cached_tokens, reasoning_tokens"
 )
 
 
@@ -150,6 +176,7 @@ class TeacherStore:
                 a.key, a.model, json.dumps(req, ensure_ascii=False), a.status, a.text,
                 a.finish_reason, a.input_tokens, a.output_tokens, a.cost_usd, a.latency_s,
                 a.system_fingerprint, a.error, a.attempts, a.created_at or now, now, a.source,
+                a.cached_tokens, a.reasoning_tokens,
             )
             for a, req in items
         ]  # fmt: skip
@@ -158,8 +185,8 @@ class TeacherStore:
             self.db.executemany(
                 """INSERT INTO responses (key, model, request, status, text, finish_reason,
                     input_tokens, output_tokens, cost_usd, latency_s, system_fingerprint, error,
-                    attempts, created_at, updated_at, source)
-                VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+                    attempts, created_at, updated_at, source, cached_tokens, reasoning_tokens)
+                VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
                 ON CONFLICT(key) DO UPDATE SET
                     status=excluded.status, text=excluded.text,
                     finish_reason=excluded.finish_reason, input_tokens=excluded.input_tokens,
@@ -168,7 +195,8 @@ class TeacherStore:
                     latency_s=excluded.latency_s, system_fingerprint=excluded.system_fingerprint,
                     error=excluded.error, attempts=responses.attempts + excluded.attempts,
                     created_at=excluded.created_at, updated_at=excluded.updated_at,
-                    source=excluded.source
+                    source=excluded.source, cached_tokens=excluded.cached_tokens,
+                    reasoning_tokens=excluded.reasoning_tokens
                 WHERE responses.status != 'ok'""",
                 rows,
             )
@@ -177,16 +205,35 @@ class TeacherStore:
             self.db.execute("ROLLBACK")
             raise
 
+    def param_rules(self, endpoint: str, model: str) -> dict[str, str]:
+        """What `endpoint` was learned to accept for `model`: {canonical param: action}."""
+        rows = self.db.execute(
+            "SELECT param, action FROM param_rules WHERE endpoint=? AND model=?", (endpoint, model)
+        )
+        return dict(rows.fetchall())
+
+    def put_param_rule(
+        self, endpoint: str, model: str, param: str, action: str, reason: str = ""
+    ) -> None:
+        """Remember a parameter rule learned from an endpoint's 400 (committed at once)."""
+        self.db.execute(
+            """INSERT INTO param_rules (endpoint, model, param, action, reason, created_at)
+            VALUES (?,?,?,?,?,?) ON CONFLICT(endpoint, model, param) DO UPDATE SET
+            action=excluded.action, reason=excluded.reason, created_at=excluded.created_at""",
+            (endpoint, model, param, action, reason, time.time()),
+        )
+
     def stats(self) -> list[dict[str, Any]]:
         """Per model: calls, ok, failed, tokens, cost and mean latency of live answers."""
         rows = self.db.execute(
             """SELECT model, COUNT(*), SUM(status='ok'), SUM(status='failed'),
                       COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0),
-                      COALESCE(SUM(cost_usd), 0), AVG(latency_s), SUM(source='import')
+                      COALESCE(SUM(cost_usd), 0), AVG(latency_s), SUM(source='import'),
+                      COALESCE(SUM(cached_tokens), 0), COALESCE(SUM(reasoning_tokens), 0)
                FROM responses GROUP BY model ORDER BY model"""
         ).fetchall()
         keys = (
             "model", "calls", "ok", "failed", "input_tokens", "output_tokens", "cost_usd",
-            "mean_latency_s", "imported",
+            "mean_latency_s", "imported", "cached_tokens", "reasoning_tokens",
         )  # fmt: skip
         return [dict(zip(keys, row, strict=True)) for row in rows]

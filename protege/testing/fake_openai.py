@@ -1,22 +1,32 @@
-"""A fake OpenAI-compatible chat server for tests and benchmarks.
+"""A replica of OpenAI's chat completions API on 127.0.0.1, for tests and benchmarks.
 
 A plain asyncio HTTP/1.1 server (keep-alive, no framework) so one core answers thousands of
 requests per second; it runs on its own event loop in a thread (`FakeOpenAI().start()`) or in
 its own process (`python -m protege.testing.fake_openai --latency 0.1`, which prints
-`PORT <n>`). It answers after `latency` seconds and can inject faults, taken in order from a
-global queue or from a queue per prompt substring:
+`PORT <n>`). It answers as the API does today (`openai_api.py`): per-model parameter rules
+(reasoning models reject `max_tokens` and a non-default temperature), usage with reasoning
+and cached tokens, `x-ratelimit-*` / `x-request-id` / `openai-processing-ms` headers, the real
+error bodies, `GET /v1/models`, a 404 `model_not_found` for a model it does not serve, and a
+401 `invalid_api_key` when `api_key` is set and the request's Bearer key differs.
 
-    429[:S]    HTTP 429 with Retry-After: S (default 1)
-    500        HTTP 500
-    400        HTTP 400 (a request error: not worth retrying)
+It answers after `latency` seconds and can inject faults, taken in order from a global queue
+or from a queue per prompt substring:
+
+    429[:S]    HTTP 429 rate_limit_exceeded with Retry-After: S (default 1)
+    quota      HTTP 429 insufficient_quota (no credit: not worth retrying)
+    500, 503   server errors
+    400        HTTP 400 a request error (not worth retrying)
+    401, 403   a bad key, a forbidden region
+    404        model_not_found
     timeout    never answers (the client's timeout fires)
     drop       closes the connection without a response
     malformed  HTTP 200 whose body is not JSON
     truncated  a half answer with finish_reason "length"
     ok         a normal answer (a placeholder in a queue)
 
-Every request is logged (`.log`, or GET /_log): body, fault, time. Answers are deterministic
-per prompt, so two runs over the same prompts write the same file.
+Every request is logged (`.log`, or GET /_log): body, fault (or the error code it got),
+Authorization header, time. Answers are deterministic per prompt, so two runs over the same
+prompts write the same file.
 """
 
 from __future__ import annotations
@@ -30,6 +40,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
+
+from protege.testing import openai_api as api
+from protege.testing.openai_api import DEFAULT_MODELS, LEGACY, ModelSpec
 
 Responder = Callable[[list[dict[str, str]]], str]
 
@@ -47,12 +60,18 @@ class FakeOpenAI:
         faults: list[str] | None = None,
         prompt_faults: dict[str, list[str]] | None = None,
         model: str = "fake-model",
+        models: dict[str, ModelSpec] | None = None,
+        api_key: str | None = None,
     ):
         self.latency = latency
         self.reply = reply
         self.faults: deque[str] = deque(faults or [])
         self.prompt_faults = {k: deque(v) for k, v in (prompt_faults or {}).items()}
         self.model = model
+        self.models = dict(DEFAULT_MODELS if models is None else models)
+        self.models.setdefault(model, LEGACY)
+        self.api_key = api_key
+        self._prefixes: set[str] = set()  # prompt prefixes seen: their tokens are cached
         self.log: list[dict[str, Any]] = []
         self.port = 0
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -131,7 +150,7 @@ class FakeOpenAI:
                     for k, _, v in (line.partition(":") for line in lines[1:] if line)
                 }
                 body = await reader.readexactly(int(headers.get("content-length", 0) or 0))
-                if not await self._route(method, path, body, writer):
+                if not await self._route(method, path, body, writer, headers):
                     break
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass
@@ -142,36 +161,60 @@ class FakeOpenAI:
         self, writer: asyncio.StreamWriter, status: int, payload: bytes, extra: str = ""
     ) -> None:
         reason = {
-            200: "OK",
-            400: "Bad Request",
-            404: "Not Found",
-            429: "Too Many Requests",
-            500: "Server Error",
-        }
+            200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+            404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error",
+            503: "Service Unavailable",
+        }  # fmt: skip
+        head = api.headers(10000 - len(self.log), 10_000_000, int(self.latency * 1000))
         writer.write(
             f"HTTP/1.1 {status} {reason.get(status, 'X')}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(payload)}\r\n{extra}\r\n".encode()
+            f"content-length: {len(payload)}\r\n{head}{extra}\r\n".encode()
             + payload
         )
 
+    def _refuse(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, bytes] | None:
+        """The API's answer to a request it will not run: bad key, unknown model, bad params."""
+        if self.api_key is not None:
+            auth = headers.get("authorization", "")
+            if not auth.startswith("Bearer "):
+                return api.missing_api_key()
+            if auth[7:] != self.api_key:
+                return api.invalid_api_key(auth[7:])
+        spec = self.models.get(body.get("model", ""))
+        if spec is None:
+            return api.model_not_found(body.get("model", ""))
+        return api.check_params(spec, body)
+
     async def _route(
-        self, method: str, path: str, raw: bytes, writer: asyncio.StreamWriter
-    ) -> bool:
+        self, method: str, path: str, raw: bytes, writer: asyncio.StreamWriter,
+        headers: dict[str, str] | None = None,
+    ) -> bool:  # fmt: skip
         """Answer one request; False closes the connection."""
-        if method == "GET" and path.endswith("/models"):
-            payload = {"object": "list", "data": [{"id": self.model, "object": "model"}]}
-            self._send(writer, 200, json.dumps(payload).encode())
-            return True
+        headers = headers or {}
         if method == "GET" and path == "/_log":
             self._send(writer, 200, json.dumps(self.log).encode())
             return True
+        if method == "GET" and path.endswith("/models"):
+            self._send(writer, 200, api.models_list(self.models))
+            return True
         if not (method == "POST" and path.endswith("/chat/completions")):
-            self._send(writer, 404, b'{"error": {"message": "not found"}}')
+            self._send(
+                writer, 404, api.error(f"Invalid URL (POST {path})", "invalid_request_error")
+            )
             return True
         body = json.loads(raw)
         messages = body["messages"]
-        fault = self._next_fault(messages)
-        self.log.append({"body": body, "fault": fault, "time": time.time()})
+        entry = {"body": body, "fault": None, "auth": headers.get("authorization"),
+                 "time": time.time()}  # fmt: skip
+        self.log.append(entry)
+        refused = self._refuse(body, headers)
+        if refused:
+            status, payload = refused
+            entry["fault"] = json.loads(payload)["error"]["code"] or str(status)
+            self._send(writer, status, payload)
+            await writer.drain()
+            return True
+        fault = entry["fault"] = self._next_fault(messages)
         if self.latency:
             await asyncio.sleep(self.latency)
         if fault == "drop":
@@ -179,20 +222,21 @@ class FakeOpenAI:
         if fault == "timeout":
             await asyncio.sleep(3600)
             return False
+        model = body["model"]
         if fault and fault.startswith("429"):
             wait = fault.partition(":")[2] or "1"
-            self._send(
-                writer, 429, b'{"error": {"message": "rate limited"}}', f"retry-after: {wait}\r\n"
-            )
+            _, payload = api.rate_limited(model, float(wait))
+            self._send(writer, 429, payload, f"retry-after: {wait}\r\n")
             await writer.drain()
             return True
-        if fault in ("400", "500"):
-            message = (
-                b'{"error": {"message": "bad request"}}'
-                if fault == "400"
-                else b'{"error": {"message": "internal error"}}'
-            )
-            self._send(writer, int(fault), message)
+        errors = {
+            "400": api.bad_request, "401": lambda: api.invalid_api_key("sk-wrong-key-0000"),
+            "403": api.forbidden, "404": lambda: api.model_not_found(model),
+            "quota": api.insufficient_quota, "500": api.server_error, "503": api.overloaded,
+        }  # fmt: skip
+        if fault in errors:
+            status, payload = errors[fault]()
+            self._send(writer, status, payload)
             await writer.drain()
             return True
         if fault == "malformed":
@@ -203,25 +247,26 @@ class FakeOpenAI:
         finish = "stop"
         if fault == "truncated":
             text, finish = text[: len(text) // 2], "length"
-        prompt_tokens = sum(len(m.get("content", "")) for m in messages) // 4 + 3
+        joined = "\n".join(m.get("content", "") for m in messages)
+        prompt_tokens = len(joined) // 4 + 3
+        prefix = joined[: api.CACHE_MIN_TOKENS * 4]
+        cached = prefix in self._prefixes
+        self._prefixes.add(prefix)
         payload = {
             "id": f"chatcmpl-{len(self.log)}",
             "object": "chat.completion",
             "created": int(time.time()),
-            "model": body.get("model", self.model),
+            "model": model,
             "system_fingerprint": "fp_fake",
+            "service_tier": "default",
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": text},
+                    "message": {"role": "assistant", "content": text, "refusal": None},
                     "finish_reason": finish,
                 }
             ],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": len(text) // 4 + 1,
-                "total_tokens": prompt_tokens + len(text) // 4 + 1,
-            },
+            "usage": api.usage(self.models[model], prompt_tokens, len(text) // 4 + 1, cached),
         }
         self._send(writer, 200, json.dumps(payload).encode())
         await writer.drain()

@@ -1,0 +1,219 @@
+"""What OpenAI's chat completions API answers today (late 2026), as data for the replica server.
+
+Per-model parameter rules, the error bodies (`{"error": {"message", "type", "param", "code"}}`,
+word for word as the API sends them), the usage block with reasoning and cached tokens, and
+the response headers (`x-ratelimit-*`, `x-request-id`, `openai-processing-ms`).
+
+Model kinds:
+    legacy     gpt-4o / gpt-4.1 style: `max_tokens` and `max_completion_tokens` both accepted,
+               any temperature
+    reasoning  gpt-5 / o-series style: `max_tokens` rejected (use `max_completion_tokens`),
+               temperature other than 1 rejected, reasoning tokens billed inside
+               `completion_tokens`
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How one model treats request parameters."""
+
+    kind: str = "legacy"  # legacy | reasoning
+    reasoning_tokens: int = 0
+    """Hidden reasoning tokens a reasoning model spends on every answer (billed as output)."""
+
+    @property
+    def reasoning(self) -> bool:
+        return self.kind == "reasoning"
+
+
+LEGACY = ModelSpec("legacy")
+REASONING = ModelSpec("reasoning", reasoning_tokens=64)
+
+DEFAULT_MODELS: dict[str, ModelSpec] = {
+    "fake-model": LEGACY,
+    "gpt-4.1-mini": LEGACY,
+    "gpt-4o-mini": LEGACY,
+    "gpt-5-mini": REASONING,
+    "gpt-5.4-nano": REASONING,
+    "o4-mini": REASONING,
+}
+
+CACHE_MIN_TOKENS = 1024  # prompts shorter than this are never cached
+CACHE_STEP = 128  # cached prefixes grow in steps of 128 tokens
+
+
+def error(message: str, type_: str, param: str | None = None, code: str | None = None) -> bytes:
+    return json.dumps(
+        {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    ).encode()
+
+
+def unsupported_max_tokens() -> tuple[int, bytes]:
+    return 400, error(
+        "Unsupported parameter: 'max_tokens' is not supported with this model. "
+        "Use 'max_completion_tokens' instead.",
+        "invalid_request_error",
+        "max_tokens",
+        "unsupported_parameter",
+    )
+
+
+def unsupported_temperature(value: Any) -> tuple[int, bytes]:
+    return 400, error(
+        f"Unsupported value: 'temperature' does not support {value} with this model. "
+        "Only the default (1) value is supported.",
+        "invalid_request_error",
+        "temperature",
+        "unsupported_value",
+    )
+
+
+def invalid_api_key(key: str) -> tuple[int, bytes]:
+    shown = f"{key[:3]}*****{key[-4:]}" if len(key) > 8 else "*****"
+    return 401, error(
+        f"Incorrect API key provided: {shown}. You can find your API key at "
+        "https://platform.openai.com/account/api-keys.",
+        "invalid_request_error",
+        None,
+        "invalid_api_key",
+    )
+
+
+def missing_api_key() -> tuple[int, bytes]:
+    return 401, error(
+        "You didn't provide an API key. You need to provide your API key in an Authorization "
+        "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password "
+        "field (with blank username) if you're accessing the API from your browser and are "
+        "prompted for a username and password. You can obtain an API key from "
+        "https://platform.openai.com/account/api-keys.",
+        "invalid_request_error",
+        None,
+        None,
+    )
+
+
+def forbidden() -> tuple[int, bytes]:
+    return 403, error(
+        "Country, region, or territory not supported",
+        "request_forbidden",
+        None,
+        "unsupported_country_region_territory",
+    )
+
+
+def model_not_found(model: str) -> tuple[int, bytes]:
+    return 404, error(
+        f"The model `{model}` does not exist or you do not have access to it.",
+        "invalid_request_error",
+        None,
+        "model_not_found",
+    )
+
+
+def rate_limited(model: str, wait_s: float) -> tuple[int, bytes]:
+    return 429, error(
+        f"Rate limit reached for {model} in organization org-replica on requests per min "
+        f"(RPM): Limit 500, Used 500, Requested 1. Please try again in {wait_s:g}s. Visit "
+        "https://platform.openai.com/account/rate-limits to learn more.",
+        "requests",
+        None,
+        "rate_limit_exceeded",
+    )
+
+
+def insufficient_quota() -> tuple[int, bytes]:
+    return 429, error(
+        "You exceeded your current quota, please check your plan and billing details. For "
+        "more information on this error, read the docs: "
+        "https://platform.openai.com/docs/guides/error-codes/api-errors.",
+        "insufficient_quota",
+        None,
+        "insufficient_quota",
+    )
+
+
+def bad_request() -> tuple[int, bytes]:
+    return 400, error(
+        "Invalid 'messages[0].content': string too long. Expected a string with maximum "
+        "length 10485760, but got a string with length 10485761 instead.",
+        "invalid_request_error",
+        "messages[0].content",
+        "string_above_max_length",
+    )
+
+
+def server_error() -> tuple[int, bytes]:
+    return 500, error(
+        "The server had an error while processing your request. Sorry about that!",
+        "server_error",
+    )
+
+
+def overloaded() -> tuple[int, bytes]:
+    return 503, error("The engine is currently overloaded, please try again later.", "server_error")
+
+
+def check_params(spec: ModelSpec, body: dict[str, Any]) -> tuple[int, bytes] | None:
+    """The 400 a model sends for parameters it does not take, or None."""
+    if not spec.reasoning:
+        return None
+    if "max_tokens" in body:
+        return unsupported_max_tokens()
+    temperature = body.get("temperature")
+    if temperature is not None and temperature != 1:
+        return unsupported_temperature(temperature)
+    return None
+
+
+def usage(spec: ModelSpec, prompt_tokens: int, answer_tokens: int, cached: bool) -> dict[str, Any]:
+    """The usage block: reasoning tokens are inside completion_tokens, cached inside prompt."""
+    cached_tokens = 0
+    if cached and prompt_tokens >= CACHE_MIN_TOKENS:
+        cached_tokens = prompt_tokens // CACHE_STEP * CACHE_STEP
+    completion = answer_tokens + spec.reasoning_tokens
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": prompt_tokens + completion,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": spec.reasoning_tokens,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+
+
+def headers(requests_left: int, tokens_left: int, processing_ms: int) -> str:
+    """Response headers every answer carries (as raw HTTP lines)."""
+    return (
+        "x-ratelimit-limit-requests: 10000\r\n"
+        "x-ratelimit-limit-tokens: 10000000\r\n"
+        f"x-ratelimit-remaining-requests: {max(0, requests_left)}\r\n"
+        f"x-ratelimit-remaining-tokens: {max(0, tokens_left)}\r\n"
+        "x-ratelimit-reset-requests: 6ms\r\n"
+        "x-ratelimit-reset-tokens: 0s\r\n"
+        f"x-request-id: req_{uuid.uuid4().hex}\r\n"
+        f"openai-processing-ms: {processing_ms}\r\n"
+        "openai-version: 2020-10-01\r\n"
+    )
+
+
+def models_list(models: dict[str, ModelSpec]) -> bytes:
+    return json.dumps(
+        {
+            "object": "list",
+            "data": [
+                {"id": m, "object": "model", "created": 1_700_000_000, "owned_by": "system"}
+                for m in models
+            ],
+        }
+    ).encode()
