@@ -47,7 +47,7 @@ class ApiError:
 
     def __str__(self) -> str:
         code = f" {self.code}" if self.code else ""
-        return f"HTTP {self.status}{code}: {self.message}"
+        return f"HTTP {self.status}{code}: {self.message.rstrip('.')}"
 
 
 def classify(err: ApiError) -> str:

@@ -172,14 +172,20 @@ class FakeOpenAI:
             + payload
         )
 
+    def _unauthorized(self, headers: dict[str, str]) -> tuple[int, bytes] | None:
+        if self.api_key is None:
+            return None
+        auth = headers.get("authorization", "")
+        if not auth.startswith("Bearer "):
+            return api.missing_api_key()
+        if auth[7:] != self.api_key:
+            return api.invalid_api_key(auth[7:])
+        return None
+
     def _refuse(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, bytes] | None:
         """The API's answer to a request it will not run: bad key, unknown model, bad params."""
-        if self.api_key is not None:
-            auth = headers.get("authorization", "")
-            if not auth.startswith("Bearer "):
-                return api.missing_api_key()
-            if auth[7:] != self.api_key:
-                return api.invalid_api_key(auth[7:])
+        if refused := self._unauthorized(headers):
+            return refused
         spec = self.models.get(body.get("model", ""))
         if spec is None:
             return api.model_not_found(body.get("model", ""))
@@ -195,7 +201,8 @@ class FakeOpenAI:
             self._send(writer, 200, json.dumps(self.log).encode())
             return True
         if method == "GET" and path.endswith("/models"):
-            self._send(writer, 200, api.models_list(self.models))
+            status, payload = self._unauthorized(headers) or (200, api.models_list(self.models))
+            self._send(writer, status, payload)
             return True
         if not (method == "POST" and path.endswith("/chat/completions")):
             self._send(
