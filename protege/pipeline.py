@@ -2,19 +2,20 @@
 
 Each stage is fingerprinted (its config and the hashes of its inputs) in RUN_DIR/stages.json
 and skipped when unchanged, so changing one field reruns only what depends on it. Paid
-teacher calls are never repeated in any case: the teacher store answers them.
+teacher calls are never repeated in any case: the teacher store answers them. A teacher step is
+done only when every row has its answer; otherwise the run stops with the counts (or, with the
+step's `allow_incomplete: true`, goes on with a counted warning) and a rerun sends the rest.
+
+Under `accelerate launch` (several processes) only training runs in every process: data, the
+teacher, evaluation and the report run on the main process while the others wait (`Processes`).
 """
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from rich.console import Console
 
 from protege.config import fingerprint, from_dict, to_dict
 from protege.data.io import (
@@ -36,34 +37,7 @@ from protege.recipe import (
     validate_recipe,
     zeroshot_dict,
 )
-
-console = Console(stderr=True, emoji=False)  # "data:train:" is not an emoji
-
-
-class Stages:
-    """The fingerprints of finished stages, kept in RUN_DIR/stages.json (written atomically)."""
-
-    def __init__(self, run_dir: Path, force: bool = False):
-        self.path = run_dir / "stages.json"
-        self.done: dict[str, str] = json.loads(self.path.read_text()) if self.path.exists() else {}
-        self.force = force
-        self.ran: list[str] = []
-        self.skipped: list[str] = []
-
-    def run(self, name: str, fp: str, outputs: list[Path], fn: Callable[[], Any]) -> bool:
-        """Run `fn` unless stage `name` already finished with fingerprint `fp`. True if it ran."""
-        if not self.force and self.done.get(name) == fp and all(p.exists() for p in outputs):
-            console.print(f"[dim]= {name}: unchanged, skipped[/dim]")
-            self.skipped.append(name)
-            return False
-        console.rule(f"[bold]{name}")
-        start = time.perf_counter()
-        fn()
-        self.done[name] = fp
-        write_json(self.path, self.done)
-        self.ran.append(name)
-        console.print(f"[green]✓ {name}[/green] ({time.perf_counter() - start:.1f}s)")
-        return True
+from protege.stages import Processes, Stages, console
 
 
 @dataclass
@@ -102,13 +76,43 @@ def run_recipe(recipe: RecipeConfig, force: bool = False) -> RunResult:
     """Run every stage of `recipe`, skipping those whose fingerprint is unchanged."""
     validate_recipe(recipe)
     run = Path(recipe.run_dir)
+    procs = Processes()
+    stages = Stages(run, force, writer=procs.main)
+    inputs, outputs, teacher_file = procs.main_only(lambda: _data_and_teacher(recipe, stages))
+    if not procs.main:
+        stages = Stages(run, force, writer=False)  # what the main process recorded
+
+    # 3. train the grid (every process); 4. evaluate every checkpoint on test; 5. report (main
+    # process). With variants, each student gets its own sub-run directory.
+    targets = [(run, None)] if not recipe.variants else [(run / v.name, v) for v in recipe.variants]
+    report = None
+    for sub, variant in targets:
+        train_path = outputs[variant.train_from] if variant else inputs["train"]
+        prefix = f"{variant.name}:" if variant else ""
+        report = _student_stages(
+            recipe, stages, procs, prefix, sub, train_path, inputs["dev"], inputs["test"],
+            teacher_file, variant.train if variant else None,
+        )  # fmt: skip
+    if recipe.variants:
+        report = procs.main_only(lambda: _variants_report(recipe, run))
+    return RunResult(
+        run, report if report and report.exists() else None, stages.ran, stages.skipped
+    )
+
+
+def _data_and_teacher(
+    recipe: RecipeConfig, stages: Stages
+) -> tuple[dict[str, Path], dict[str, Path], Path | None]:
+    """Stages 1-2 (main process only): the data splits, recorded answers, the teacher steps.
+    Returns the files each split's rows now come from, each step's output, and the teacher's
+    zero-shot answers."""
+    run = Path(recipe.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     import yaml
 
     from protege.data.io import atomic_write_text
 
     atomic_write_text(run / "recipe.yaml", yaml.safe_dump(to_dict(recipe), sort_keys=False))
-    stages = Stages(run, force)
 
     # 1. data: each split materialised under RUN/data, so every later stage reads plain files.
     data: dict[str, Path] = {}
@@ -136,7 +140,10 @@ def run_recipe(recipe: RecipeConfig, force: bool = False) -> RunResult:
         out = run / "generate" / f"{step.name}.jsonl"
         cfg = step_generate_dict(recipe, step, str(data[step.split]), str(out))
         fp = fingerprint(cfg, file_sha256(data[step.split]))
-        stages.run(f"generate:{step.name}", fp, [out], lambda c=cfg: _generate(c))
+        name = f"generate:{step.name}"
+        stages.run(
+            name, fp, [out], lambda c=cfg, n=name, a=step.allow_incomplete: _generate(c, n, a)
+        )
         use_as = step.use_as or step.split
         if use_as == "test":
             _require_every_row(out, data["test"], step.name)
@@ -147,67 +154,69 @@ def run_recipe(recipe: RecipeConfig, force: bool = False) -> RunResult:
         teacher_file = run / "generate" / "teacher-zeroshot.jsonl"
         cfg = zeroshot_dict(recipe, str(data["test"]), str(teacher_file))
         fp = fingerprint(cfg, file_sha256(data["test"]))
-        stages.run(
-            "generate:teacher-zeroshot",
-            fp,
-            [teacher_file],
-            lambda c=cfg: _generate(c),
-        )
+        allow = recipe.teacher_zeroshot.allow_incomplete
+        name = "generate:teacher-zeroshot"
+        stages.run(name, fp, [teacher_file], lambda: _generate(cfg, name, allow))
+    outputs = {"data": inputs["train"]}
+    for s in recipe.generate:
+        outputs[s.name] = run / "generate" / f"{s.name}.jsonl"
+        if recipe.data.max_chars and any(v.train_from == s.name for v in recipe.variants):
+            outputs[s.name] = filter_synthetic(recipe, outputs[s.name])
+    return inputs, outputs, teacher_file
 
-    # 3. train the grid; 4. evaluate every checkpoint on test; 5. report. With variants, each
-    # student gets its own sub-run directory (RUN/<variant>/train, eval, report).
-    outputs = {
-        "data": inputs["train"],
-        **{s.name: run / "generate" / f"{s.name}.jsonl" for s in recipe.generate},
-    }
-    targets = [(run, None)] if not recipe.variants else [(run / v.name, v) for v in recipe.variants]
-    report = None
-    for sub, variant in targets:
-        train_path = outputs[variant.train_from] if variant else inputs["train"]
-        prefix = f"{variant.name}:" if variant else ""
-        report = _student_stages(
-            recipe,
-            stages,
-            prefix,
-            sub,
-            run,
-            train_path,
-            inputs["dev"],
-            inputs["test"],
-            teacher_file,
-            variant.train if variant else None,
-        )
-    if recipe.variants:
-        report = _variants_report(recipe, run)
-    return RunResult(
-        run, report if report and report.exists() else None, stages.ran, stages.skipped
+
+def filter_synthetic(recipe: RecipeConfig, path: Path) -> Path:
+    """The recipe's `data.max_chars` applied to a teacher step's rows a variant trains on (Paper
+    B: synthetic articles under 2,048 characters, as the gold ones); counted and reported."""
+    rows = read_records(path)
+    kept = [
+        r for r in rows
+        if all(len(str(r.get(f, ""))) < limit for f, limit in recipe.data.max_chars.items())
+    ]  # fmt: skip
+    out = path.with_name(f"{path.stem}.max_chars.jsonl")
+    write_jsonl(out, [clean(r) for r in kept])
+    counts = {"rows": len(rows), "kept": len(kept), "dropped": len(rows) - len(kept),
+              "max_chars": dict(recipe.data.max_chars), "file": str(out)}  # fmt: skip
+    write_json(path.with_name(f"{path.stem}.max_chars.json"), counts)
+    limits = ", ".join(f"{f} < {n:,} chars" for f, n in recipe.data.max_chars.items())
+    console.print(
+        f"{path.stem}: kept {len(kept)} of {len(rows)} synthetic rows ({limits}); "
+        f"dropped {len(rows) - len(kept)}"
     )
+    if not kept:
+        raise DataError(str(path), f"no rows left after data.max_chars ({limits})")
+    return out
 
 
 def _student_stages(
-    recipe, stages, prefix, sub, run, train_path, dev_path, test_path, teacher_file, extra
+    recipe, stages, procs, prefix, sub, train_path, dev_path, test_path, teacher_file, extra
 ) -> Path:
+    run = Path(recipe.run_dir)
     train_dir = sub / "train"
     tcfg = train_dict(recipe, str(train_path), str(dev_path), str(train_dir), extra)
     train_fp = fingerprint(tcfg, file_sha256(train_path), file_sha256(dev_path))
     old = stages.done.get(f"{prefix}train")
     if old not in (None, train_fp) and train_dir.exists():
-        _set_aside(train_dir, old)
+        procs.main_only(lambda: _set_aside(train_dir, old))
+    # every process: training is the one distributed stage
     stages.run(f"{prefix}train", train_fp, [train_dir / "results.json"], lambda: _train(tcfg))
 
-    teacher_fp = file_sha256(teacher_file) if teacher_file and teacher_file.exists() else None
-    eval_fp = fingerprint(train_fp, recipe.eval, file_sha256(test_path), teacher_fp)
-    stages.run(
-        f"{prefix}eval",
-        eval_fp,
-        [sub / "eval" / "summary.json"],
-        lambda: _evaluate(recipe, sub, test_path, teacher_file),
-    )
-    report = sub / "report" / "report.html"
-    gen_fps = [stages.done.get(k) for k in sorted(stages.done) if k.startswith("generate:")]
-    report_fp = fingerprint(eval_fp, recipe.report, gen_fps)
-    stages.run(f"{prefix}report", report_fp, [report], lambda: _report(recipe, sub, run))
-    return report
+    def evaluate_and_report() -> Path:
+        teacher_fp = file_sha256(teacher_file) if teacher_file and teacher_file.exists() else None
+        eval_fp = fingerprint(train_fp, recipe.eval, file_sha256(test_path), teacher_fp)
+        stages.run(
+            f"{prefix}eval",
+            eval_fp,
+            [sub / "eval" / "summary.json"],
+            lambda: _evaluate(recipe, sub, test_path, teacher_file),
+        )
+        report = sub / "report" / "report.html"
+        gen_fps = [stages.done.get(k) for k in sorted(stages.done) if k.startswith("generate:")]
+        report_fp = fingerprint(eval_fp, recipe.report, gen_fps)
+        stages.run(f"{prefix}report", report_fp, [report], lambda: _report(recipe, sub, run))
+        return report
+
+    return procs.main_only(evaluate_and_report)
 
 
 def _require_every_row(out: Path, test: Path, step: str) -> None:
@@ -265,11 +274,32 @@ def _import(recipe: RecipeConfig, imp) -> None:
     console.print(f"imported {n} recorded answers of {imp.model} from {imp.file}")
 
 
-def _generate(cfg: dict[str, Any]) -> None:
-    """One teacher step; `run_generate` writes its output and `<output>.summary.json`."""
+def _generate(cfg: dict[str, Any], name: str, allow_incomplete: bool = False) -> bool:
+    """One teacher step; `run_generate` writes its output and `<output>.summary.json`.
+
+    Done (True) only when every row has its answer. Otherwise it stops the run with the counts,
+    or, when the step allows it, warns loudly and returns False (not recorded as done: the next
+    run sends only what is missing)."""
     from protege.generate import GenerateConfig, run_generate
 
-    run_generate(from_dict(GenerateConfig, cfg))
+    r = run_generate(from_dict(GenerateConfig, cfg))
+    if not (r.n_failed or r.n_skipped):
+        return True
+    counts = (
+        f"{r.n_records - r.n_failed - r.n_skipped} of {r.n_records} rows answered: "
+        f"{r.n_failed} failed, {r.n_skipped} not sent (budget)"
+    )
+    errors = f" (first error: {r.errors[0]})" if r.errors else ""
+    if not allow_incomplete:
+        raise ProtegeError(
+            f"{name}: {counts}{errors}; rerun to send only the missing ones, or set "
+            "allow_incomplete: true on the step to go on without them"
+        )
+    console.print(
+        f"[bold yellow]WARNING {name}: {counts}; going on WITHOUT them (allow_incomplete); "
+        f"a rerun sends only what is missing{errors}[/bold yellow]"
+    )
+    return False
 
 
 def _train(cfg: dict[str, Any]) -> None:

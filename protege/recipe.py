@@ -73,6 +73,9 @@ class StepConfig:
     On test it only adds fields (reference rationales for BLEU); the rows stay the same."""
     config: dict[str, Any] = field(default_factory=dict)
     """`GenerateConfig` fields; `input` and `output` are filled in by the pipeline."""
+    allow_incomplete: bool = False
+    """Go on when some rows have no answer (failed, or over the budget), with a counted
+    warning; by default the run stops. Either way a rerun sends only what is missing."""
 
 
 @dataclass
@@ -84,6 +87,8 @@ class ZeroShotConfig:
     """Only the first N test rows (the teacher row's own sample; its size is reported)."""
     config: dict[str, Any] = field(default_factory=dict)
     """`GenerateConfig` overrides (teacher, max_tokens ...)."""
+    allow_incomplete: bool = False
+    """As a teacher step's: go on (warned) when some test rows have no teacher answer."""
 
 
 @dataclass

@@ -120,6 +120,8 @@ def test_a_test_row_the_teacher_did_not_answer_stops_the_run(tmp_path, monkeypat
     with FakeOpenAI(prompt_faults={row["hypothesis"]: ["500"] * 10}) as fake:
         path = write_recipe(tmp_path, fake.base_url)
         recipe = load_recipe(path, ["teacher.max_retries=1", "teacher.backoff_s=0.01"])
-        with pytest.raises(ProtegeError, match="1 test rows have no teacher answer yet"):
+        with pytest.raises(
+            ProtegeError, match="generate:explain-test: 11 of 12 rows answered: 1 failed"
+        ):
             run_recipe(recipe)
     assert not (tmp_path / "run" / "train").exists()

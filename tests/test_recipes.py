@@ -35,7 +35,7 @@ def test_paper_a_recipes_match_the_paper():
         ("anli-smanli", "5w", "Rationale"),
     ):
         r = load_recipe(Path(__file__).parent.parent / "recipes" / f"{name}.yaml")
-        assert r.teacher["model"] == "gpt-3.5-turbo-0125"
+        assert r.teacher["model"] == "gpt-4.1-mini"  # gpt-3.5-turbo-0125: shut down 2026-10-23
         assert (r.teacher["temperature"], r.teacher["seed"], r.teacher["max_tokens"]) == (
             0.2,
             123,
@@ -45,6 +45,18 @@ def test_paper_a_recipes_match_the_paper():
         assert r.train["grid"]["learning_rates"] == [6e-4, 1.2e-3, 2.4e-3]
         assert r.train["grid"]["splits"] == [[0.25, 0.75], [0.5, 0.5], [0.75, 0.25]]
         assert r.generate[0].config["recipe"] == rec and r.task.rationale_name == rname
+        (test_step,) = [s for s in r.generate if (s.use_as or s.split) == "test"]
+        assert test_step.config["recipe"] == rec  # reference rationales: test BLEU
+
+
+def test_live_recipes_name_a_current_model_and_only_replay_the_shut_down_one():
+    shut_down = ("gpt-3.5-turbo", "gpt-3.5-turbo-0125", "gpt-4", "gpt-4-0613")
+    for path in RECIPES:
+        r = load_recipe(path)
+        if r.teacher.get("kind") == "openai":
+            assert r.teacher["model"] not in shut_down, path.name
+    replay = load_recipe(Path(__file__).parent.parent / "recipes" / "anli-replay.yaml")
+    assert replay.teacher["kind"] == "replay" and replay.imports[0].model == "gpt-3.5-turbo-0125"
 
 
 def test_bad_recipe_fields_are_named(tmp_path):

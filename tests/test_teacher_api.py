@@ -121,7 +121,9 @@ def test_an_answer_stored_under_an_old_key_is_reused(tmp_path):
         template = Template(recipe.path)
         record = load_inputs(cfg, recipe, template)[0]
         messages = template.messages(_context(cfg, template, record))
-        key = request_key("gpt-5-mini", messages, {"max_tokens": 400, "temperature": 0.2, "seed": 123})
+        key = request_key(
+            "gpt-5-mini", messages, {"max_tokens": 400, "temperature": 0.2, "seed": 123}
+        )
         with TeacherStore() as store:
             store.put(Answer(key, "gpt-5-mini", "ok", text="recorded before"), {})
         result = run_generate(cfg)
@@ -204,7 +206,9 @@ def test_openai_key_is_never_sent_to_another_endpoint(tmp_path, monkeypatch):
 def test_a_named_key_variable_that_is_unset_says_so(tmp_path, monkeypatch):
     monkeypatch.delenv("MISSING_KEY", raising=False)
     with FakeOpenAI() as server:
-        with pytest.raises(ConfigError, match=r"no API key for http://127.0.0.1:\d+/v1; set \$MISSING_KEY"):
+        with pytest.raises(
+            ConfigError, match=r"no API key for http://127.0.0.1:\d+/v1; set \$MISSING_KEY"
+        ):
             run_generate(_cfg(server, tmp_path, teacher={"api_key_env": "MISSING_KEY"}))
         assert server.log == []
 
