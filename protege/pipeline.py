@@ -31,6 +31,7 @@ from protege.errors import DataError, ProtegeError
 from protege.recipe import (
     SPLITS,
     RecipeConfig,
+    hub_query,
     split_source,
     step_generate_dict,
     train_dict,
@@ -57,7 +58,7 @@ def prepare_split(recipe: RecipeConfig, split: str) -> list[dict[str, Any]]:
     """Read one split's rows: slice, rename fields, filter by length, cap."""
     source = getattr(recipe.data, split)
     path, sl = split_source(source)
-    rows = read_records(path, split=split)
+    rows = read_records(path, split=split, hub=hub_query(recipe.data, split))
     if sl is not None:
         if not is_file_source(path):
             raise DataError(source, "slices are for files; use data.max_rows for hub datasets")

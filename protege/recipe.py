@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from protege.config import from_dict, load_config
+from protege.data.hub import HubQuery
+from protege.data.io import is_file_source
 from protege.errors import ConfigError
 from protege.formats import TaskConfig
 
@@ -33,7 +35,8 @@ SPLITS = ("train", "dev", "test")
 @dataclass
 class DataConfig:
     """Where the task's rows come from. Sources are file paths (JSONL/CSV/Parquet) or hub
-    names (`anli`, `cnn_dailymail`); `path[a:b]` takes a slice of a file's rows."""
+    datasets (`facebook/anli`, `abisee/cnn_dailymail`, or the short `anli`, `cnn_dailymail`);
+    `path[a:b]` takes a slice of a file's rows."""
 
     train: str = ""
     """Training rows (the teacher augments or labels them)."""
@@ -47,6 +50,11 @@ class DataConfig:
     """Cap the rows per split, e.g. `{train: 200}` (first rows after slicing/filtering)."""
     max_chars: dict[str, int] = field(default_factory=dict)
     """Keep rows whose field is shorter than N characters, e.g. `{article: 2048}` (Paper B)."""
+    splits: dict[str, str] = field(default_factory=dict)
+    """Hub datasets: the dataset's own split for a split, e.g. `{train: train_r2}` (default:
+    protege's table, e.g. ANLI's `train_r1`/`dev_r1`/`test_r1`, `validation` for dev)."""
+    config: str | None = None
+    """Hub datasets: the dataset's config, e.g. `3.0.0` (default: protege's table)."""
 
 
 @dataclass
@@ -138,6 +146,17 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> RecipeConfig:
     for split in SPLITS:
         if not getattr(recipe.data, split):
             raise ConfigError(f"{path}: data.{split} is required")
+    for what in ("max_rows", "splits"):
+        unknown = sorted(set(getattr(recipe.data, what)) - set(SPLITS))
+        if unknown:
+            raise ConfigError(
+                f"{path}: data.{what}.{unknown[0]}: unknown split (use {', '.join(SPLITS)})"
+            )
+    for split in recipe.data.splits:
+        if is_file_source(split_source(getattr(recipe.data, split))[0]):
+            raise ConfigError(
+                f"{path}: data.splits.{split}: data.{split} is a file, not a hub dataset"
+            )
     names = [s.name for s in recipe.generate]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: generate step names must be unique (got {names})")
@@ -150,6 +169,20 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> RecipeConfig:
                 f"{path}: variants.{v.name}.train_from: no generate step named {v.train_from!r}"
             )
     return recipe
+
+
+def hub_query(data: DataConfig, split: str) -> HubQuery:
+    """How to read `split` when its source is a hub dataset: the recipe's split and config
+    names, and its length filter and row cap applied before rows are read (columns by their
+    source names, so `max_chars: {article: ...}` works whatever `fields` renames)."""
+    sources = {ours: theirs for ours, theirs in data.fields.items()}
+    return HubQuery(
+        split=split,
+        hub_split=data.splits.get(split),
+        config=data.config,
+        max_chars={sources.get(k, k): n for k, n in data.max_chars.items()},
+        max_rows=data.max_rows.get(split),
+    )
 
 
 def validate_recipe(recipe: RecipeConfig) -> None:

@@ -32,3 +32,14 @@ def fake_openai():
     server = FakeOpenAI().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory):
+    """The Hugging Face Hub replica (protege.testing.hub), built once per session: reach it
+    from a subprocess with `hub_util.hub_env` (huggingface_hub reads HF_ENDPOINT at import)."""
+    from protege.testing.hub import RENAMES, HubReplica, build
+
+    root = build(tmp_path_factory.mktemp("hub"))
+    with HubReplica(root, RENAMES) as server:
+        yield server

@@ -14,31 +14,38 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protege.errors import DataError
 
-FILE_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet"}
+if TYPE_CHECKING:
+    from protege.data.hub import HubQuery
 
-# Where each hub dataset keeps its splits, for names a user is likely to pass.
-HUB_SPLITS = {"anli": {"train": "train_r1", "dev": "dev_r1", "test": "test_r1"}}
-HUB_CONFIGS = {"cnn_dailymail": "3.0.0"}
-HUB_LABELS = {"anli": ["entailment", "neutral", "contradiction"]}
+FILE_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet"}
 
 
 def is_file_source(source: str) -> bool:
     return Path(source).suffix.lower() in FILE_SUFFIXES or Path(source).exists()
 
 
-def read_records(source: str | Path, split: str | None = None) -> list[dict[str, Any]]:
-    """Read all records from a file path or a Hugging Face dataset name (`anli`, `cnn_dailymail`).
+def read_records(
+    source: str | Path, split: str | None = None, hub: HubQuery | None = None
+) -> list[dict[str, Any]]:
+    """Read all records from a file path or a Hugging Face dataset name (`facebook/anli`, or
+    the short `anli`).
 
-    `split` is only used for hub names (`train`, `dev`/`validation`, `test`, or the dataset's own
-    split name such as `train_r1`).
+    `split` and `hub` are only used for hub names: `split` is `train`, `dev`/`validation`,
+    `test`, or the dataset's own split name such as `train_r1`; `hub` can name the dataset's
+    split and config and filter rows before they are read (`protege.data.hub.HubQuery`).
     """
     source = str(source)
     if not is_file_source(source):
-        return read_hub(source, split or "train")
+        from dataclasses import replace
+
+        from protege.data.hub import HubQuery, read_hub
+
+        query = replace(hub, split=split or hub.split) if hub else HubQuery(split or "train")
+        return read_hub(source, query)
     path = Path(source)
     if not path.exists():
         raise DataError(source, "no such file")
@@ -69,26 +76,6 @@ def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
                 raise DataError(str(path), "expected a JSON object", line=lineno)
             record.setdefault("_line", lineno)
             yield record
-
-
-def read_hub(name: str, split: str) -> list[dict[str, Any]]:  # pragma: no cover - needs the hub
-    """Load a Hugging Face dataset split. Real code for real users; never run in tests."""
-    try:
-        import datasets
-    except ImportError as e:
-        raise DataError(name, "install `datasets` to load hub datasets") from e
-    hub_split = HUB_SPLITS.get(name, {}).get(split, "validation" if split == "dev" else split)
-    try:
-        ds = datasets.load_dataset(name, HUB_CONFIGS.get(name), split=hub_split)
-    except Exception as e:
-        raise DataError(name, f"cannot load split {hub_split!r} from the hub: {e}") from e
-    rows = ds.to_list()
-    labels = HUB_LABELS.get(name)
-    if labels:  # class ids -> names, so every source looks alike downstream
-        for row in rows:
-            if isinstance(row.get("label"), int) and 0 <= row["label"] < len(labels):
-                row["label"] = labels[row["label"]]
-    return rows
 
 
 def rename_fields(records: list[dict[str, Any]], mapping: dict[str, str]) -> list[dict[str, Any]]:
