@@ -33,6 +33,7 @@ import torch  # noqa: E402
 
 from protege.formats import TaskConfig  # noqa: E402
 from protege.student import load_student  # noqa: E402
+from protege.targets import decoder_start_id  # noqa: E402
 from protege.train import trainer  # noqa: E402
 from protege.train.data import collate, encode, length_grouped_batches, load_examples  # noqa: E402
 
@@ -53,7 +54,8 @@ class ProtegeSteps:
     def __init__(self, examples, batch_size: int, total_steps: int):
         trainer.set_seed(0)
         model, self.tok = load_student(MODEL)
-        self.items = encode(examples, self.tok, SRC_PAD, TGT_PAD)  # same truncation limits
+        start = decoder_start_id(model)
+        self.items = encode(examples, self.tok, SRC_PAD, TGT_PAD, start)  # same truncation limits
         src = [len(e.input_ids) for e in self.items]
         tgt = [len(e.target_ids) for e in self.items]
         self.batches = length_grouped_batches(src, tgt, batch_size, seed=0, epoch=0)

@@ -314,8 +314,10 @@ def _evaluate(recipe: RecipeConfig, run: Path, test: Path, teacher_file: Path | 
     from protege.evaluate import Decoding, evaluate_run
 
     kwargs = dict(recipe.eval)
-    if "decoding" in kwargs:
-        kwargs["decoding"] = from_dict(Decoding, kwargs["decoding"], "eval.decoding")
+    decoding = dict(kwargs.get("decoding") or {})
+    # Test decodes as dev selection did (train.generation), unless eval.decoding says otherwise.
+    decoding.setdefault("num_beams", (recipe.train.get("generation") or {}).get("num_beams", 1))
+    kwargs["decoding"] = from_dict(Decoding, decoding, "eval.decoding")
     evaluate_run(run, test, recipe.task, teacher_file=teacher_file, **kwargs)
 
 

@@ -138,6 +138,17 @@ def resolve_model(name: str | Path) -> str:
     return str(out)
 
 
+def set_decoding(model, settings: dict, prefix: list[int]) -> None:
+    """Make the model's generation config say exactly `settings` (replacing what a pretrained
+    checkpoint brought, e.g. bart-base's `num_beams: 4`, `no_repeat_ngram_size: 3`), and force
+    the target prefix the trainer puts before every target (BART's `<s>`) as the first
+    generated token; with no prefix, nothing is forced."""
+    gen = model.generation_config
+    for key, value in settings.items():
+        setattr(gen, key, value)
+    gen.forced_bos_token_id = prefix[0] if prefix else None
+
+
 def load_student(name_or_dir: str | Path):
     """(model, tokenizer) for a hub name (`t5-small`), a local dir, or a `protege:` name."""
     from transformers import AutoModelForSeq2SeqLM

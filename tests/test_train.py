@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from protege.config import from_dict, load_config
 from protege.data.samples import sample_path
 from protege.errors import ConfigError
+from protege.targets import decoder_start_id
 from protege.train import TrainConfig, run_train, trainer
 from protege.train import checkpoint as ckpt
 from protege.train.grid import expand_grid, format_lr
@@ -72,7 +73,9 @@ def test_a_few_steps_change_every_trainable_parameter(tmp_path, name):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     scheduler = trainer.linear_schedule(optimizer, 0, 10)
     model, optimizer = accelerator.prepare(model, optimizer)
-    items = encode(load_examples(cfg.train_data, cfg.task).examples, tok, 64, 32)
+    items = encode(
+        load_examples(cfg.train_data, cfg.task).examples, tok, 64, 32, decoder_start_id(model)
+    )
     for _ in range(3):
         micro = [collate(items[:4], tok.pad_token_id), collate(items[4:8], tok.pad_token_id)]
         (loss, label, rationale), tokens = trainer.train_step(

@@ -25,13 +25,14 @@ def tok(tmp_path_factory):
         os.environ["PROTEGE_HOME"] = old
 
 
+CLS = 101  # the MiniLM (BERT) tokenizer's [CLS]: the tiny students' decoder start token
 RECORD = {"premise": "Ada was born in Oslo.", "hypothesis": "Ada is Norwegian.", "label": "neutral"}
 
 
 def test_targets_carry_span_tags_and_eos(tok):
     task = TaskConfig(format="label+rationale")
     ex = make_examples(task, {**RECORD, "rationale": "Birthplace is not nationality."})
-    (enc,) = encode(ex, tok, max_source_len=64, max_target_len=64)
+    (enc,) = encode(ex, tok, max_source_len=64, max_target_len=64, decoder_start_id=CLS)
     label_ids = tok("Neutral", add_special_tokens=False)["input_ids"]
     rat_ids = tok(" Explanation: Birthplace is not nationality.", add_special_tokens=False)[
         "input_ids"
@@ -44,14 +45,14 @@ def test_targets_carry_span_tags_and_eos(tok):
 def test_multitask_examples_are_all_label_or_all_rationale(tok):
     task = TaskConfig(format="multitask")
     ex = make_examples(task, {**RECORD, "rationale": "Not stated."})
-    predict, explain = encode(ex, tok, 64, 64)
+    predict, explain = encode(ex, tok, 64, 64, CLS)
     assert set(predict.tags) == {1} and set(explain.tags) == {2}
 
 
 def test_truncation_keeps_eos(tok):
     task = TaskConfig(format="label+rationale")
     ex = make_examples(task, {**RECORD, "rationale": "word " * 100})
-    (enc,) = encode(ex, tok, max_source_len=8, max_target_len=10)
+    (enc,) = encode(ex, tok, max_source_len=8, max_target_len=10, decoder_start_id=CLS)
     assert len(enc.target_ids) == 10 and enc.target_ids[-1] == tok.sep_token_id
     assert len(enc.input_ids) == 8
 
@@ -62,7 +63,7 @@ def test_collate_pads_dynamically_with_ignore_index(tok):
         {**RECORD, "rationale": "short."},
         {**RECORD, "rationale": "a much longer reason here."},
     ]
-    items = encode([e for r in rows for e in make_examples(task, r)], tok, 64, 64)
+    items = encode([e for r in rows for e in make_examples(task, r)], tok, 64, 64, CLS)
     b = collate(items, tok.pad_token_id)
     longest = max(len(e.target_ids) for e in items)
     assert b["labels"].shape == (2, longest)  # padded to the batch, not to a fixed length

@@ -67,6 +67,17 @@ def evaluate_model(
         "model_dir": str(model_dir),
         "task": _task_dict(task),
         "decoding": decoding.to_dict(),
+        # The rest of the decoding: the student's generation config, which training wrote
+        # explicitly (train.generation), not what the pretrained checkpoint brought.
+        "generation_config": {
+            k: getattr(model.generation_config, k, None)
+            for k in (
+                "no_repeat_ngram_size",
+                "length_penalty",
+                "early_stopping",
+                "forced_bos_token_id",
+            )
+        },
         "device": device,
         "speed": student_speed(gen.seconds_per_example, hourly_price_usd),
         "metrics": metrics,

@@ -19,7 +19,7 @@ from protege.data.io import write_json
 from protege.errors import ProtegeError
 from protege.formats import TASK_FILE
 from protege.serve.predictor import CT2_MARKER, Predictor
-from protege.serve.scoring import eos_id
+from protege.targets import eos_id
 
 SUPPORTED = ("t5", "mt5", "bart", "mbart")
 QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int16", "float16", "bfloat16", "float32")
@@ -119,17 +119,24 @@ class CT2Backend:
         )
         self.max_source_len = max_source_len
         self.eos = eos_id(self.tok)
+        start = json.loads((Path(export_dir) / "config.json").read_text()).get(
+            "decoder_start_token"
+        )
+        self.start_id = self.tok.convert_tokens_to_ids(start) if start else None
 
     def _tokens(self, sources: list[str]) -> list[list[str]]:
         ids = self.tok(sources, truncation=True, max_length=self.max_source_len).input_ids
         return [self.tok.convert_ids_to_tokens(x) for x in ids]
 
     def token_logprobs(
-        self, sources: list[str], candidates: list[list[int]]
+        self, sources: list[str], candidates: list[list[int]], prefix: list[int] = ()
     ) -> list[list[list[float]]]:
-        # score_batch always appends eos to the target; drop ours, and cut at our length.
+        # score_batch always appends eos to the target; drop ours, and cut at our length. The
+        # prefix (a forced BOS) is part of the scored target; its log-probs are cut off.
+        prefix = list(prefix)
         targets = [
-            self.tok.convert_ids_to_tokens(c[:-1] if c[-1] == self.eos else c) for c in candidates
+            self.tok.convert_ids_to_tokens(prefix + (c[:-1] if c[-1] == self.eos else c))
+            for c in candidates
         ]
         src = self._tokens(sources)
         k = len(candidates)
@@ -137,8 +144,10 @@ class CT2Backend:
             [s for s in src for _ in range(k)], [t for _ in src for t in targets]
         )
         lps = [r.log_probs for r in results]
+        p = len(prefix)
         return [
-            [lps[i * k + j][: len(c)] for j, c in enumerate(candidates)] for i in range(len(src))
+            [lps[i * k + j][p : p + len(c)] for j, c in enumerate(candidates)]
+            for i in range(len(src))
         ]
 
     def first_logprobs(self, sources: list[str], token_ids: list[int]) -> list[list[float]]:

@@ -31,11 +31,14 @@ class Backend(Protocol):
     """What a predictor needs from a model runtime."""
 
     tok: Any
+    start_id: int | None
+    """The decoder start token (what a target prefix is told apart from)."""
 
     def token_logprobs(
-        self, sources: list[str], candidates: list[list[int]]
+        self, sources: list[str], candidates: list[list[int]], prefix: list[int] = ()
     ) -> list[list[list[float]]]:
-        """`[input][candidate][t]`: log p(candidate token t | its prefix, input)."""
+        """`[input][candidate][t]`: log p(candidate token t | prefix + candidate[:t], input);
+        the `prefix` tokens (a forced BOS) are fed to the decoder but not scored."""
         ...
 
     def first_logprobs(self, sources: list[str], token_ids: list[int]) -> list[list[float]]:
@@ -85,24 +88,27 @@ class TorchBackend:
         return {k: v.to(self.device) for k, v in enc.items()}
 
     def token_logprobs(
-        self, sources: list[str], candidates: list[list[int]]
+        self, sources: list[str], candidates: list[list[int]], prefix: list[int] = ()
     ) -> list[list[list[float]]]:
         torch = self.torch
         from transformers.modeling_outputs import BaseModelOutput
 
+        prefix = list(prefix)
         with torch.inference_mode():
             enc = self._encode(sources)
             hidden = self.model.get_encoder()(**enc).last_hidden_state  # (B, S, H)
             b, k = hidden.shape[0], len(candidates)
-            t = max(len(c) for c in candidates)
-            # Teacher forcing: decoder input is [start] + candidate[:-1], right-padded.
+            t = len(prefix) + max(len(c) for c in candidates)
+            # Teacher forcing: decoder input is [start] + prefix + candidate[:-1], right-padded;
+            # the prefix positions are not scored (their target stays 0, then is cut off).
             dec = torch.full((k, t), self.pad_id, dtype=torch.long)
             target = torch.zeros((k, t), dtype=torch.long)
             mask = torch.zeros((k, t), dtype=torch.long)
             for i, c in enumerate(candidates):
-                dec[i, : len(c)] = torch.tensor([self.start_id] + c[:-1])
-                target[i, : len(c)] = torch.tensor(c)
-                mask[i, : len(c)] = 1
+                seq = prefix + c
+                dec[i, : len(seq)] = torch.tensor([self.start_id] + seq[:-1])
+                target[i, : len(seq)] = torch.tensor(seq)
+                mask[i, : len(seq)] = 1
             out = self.model(
                 encoder_outputs=BaseModelOutput(last_hidden_state=hidden.repeat_interleave(k, 0)),
                 attention_mask=enc["attention_mask"].repeat_interleave(k, 0),
@@ -113,7 +119,8 @@ class TorchBackend:
             idx = target.repeat(b, 1).to(self.device)[..., None]
             lp = (logits.gather(-1, idx).squeeze(-1) - logits.logsumexp(-1)).view(b, k, t)
             lp = lp.cpu().tolist()
-        return [[row[i][: len(c)] for i, c in enumerate(candidates)] for row in lp]
+        p = len(prefix)
+        return [[row[i][p : p + len(c)] for i, c in enumerate(candidates)] for row in lp]
 
     def first_logprobs(self, sources: list[str], token_ids: list[int]) -> list[list[float]]:
         torch = self.torch
@@ -147,7 +154,9 @@ class Predictor:
         self.backend, self.task = backend, task
         self.batch_size, self.max_new_tokens, self.rule = batch_size, max_new_tokens, rule
         self.candidates = (
-            Candidates.for_task(task, backend.tok) if task.type == "classification" else None
+            Candidates.for_task(task, backend.tok, backend.start_id)
+            if task.type == "classification"
+            else None
         )
 
     @classmethod
@@ -236,9 +245,9 @@ class Predictor:
     def score(self, sources: list[str]) -> list[dict[str, Any]]:
         """The fast path: one label per input from the closed set, never malformed."""
         assert self.candidates is not None
-        ids = self.candidates.ids
+        ids, prefix = self.candidates.ids, self.candidates.prefix
         firsts = [c[0] for c in ids]
-        if self.rule == "greedy" and len(set(firsts)) == len(firsts):
+        if self.rule == "greedy" and len(set(firsts)) == len(firsts) and not prefix:
             # Distinct first tokens: constrained greedy decides at the first step, so one
             # decoder step suffices (NLI: en|neutral|contradiction). Score = p(first token).
             preds = []
@@ -248,7 +257,7 @@ class Predictor:
                 preds.append({"label": label, "text": label, "score": round(math.exp(lps[k]), 4)})
             return preds
         preds = []
-        for lps in self.backend.token_logprobs(sources, ids):
+        for lps in self.backend.token_logprobs(sources, ids, prefix):
             k = choose(ids, lps, self.rule)
             label = self.candidates.labels[k]
             preds.append({"label": label, "text": label, "score": round(sequence_score(lps[k]), 4)})

@@ -4,7 +4,9 @@ One encoder pass, one batched decoder pass over every (input, candidate) pair, n
 outputs. A candidate is the label's display form tokenized exactly as the trainer builds
 targets (segment ids with `add_special_tokens=False`), followed by the token that ends the
 label span: eos for the `label` and `multitask` formats, the first token of the rationale
-connector (` Explanation:`) for `label+rationale`. `rationale+label` puts the label after the
+connector (` Explanation:`) for `label+rationale`. The target prefix the trainer puts before
+every target (BART's `<s>`, forced by its generation config) is fed to the decoder first and
+not scored. `rationale+label` puts the label after the
 rationale, so scoring the label alone is not valid there: those students generate.
 
 Two rules turn per-token log-probs into a choice:
@@ -19,10 +21,11 @@ Two rules turn per-token log-probs into a choice:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from protege.formats import TaskConfig, display_label
+from protege.targets import target_affixes
 
 Rule = Literal["greedy", "sum"]
 
@@ -32,33 +35,32 @@ def supports_scoring(task: TaskConfig) -> bool:
     return task.type == "classification" and task.format != "rationale+label"
 
 
-def eos_id(tok) -> int:
-    """The trainer's end-of-target id: eos, or [SEP] for BERT-style tokenizers."""
-    return tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
-
-
 @dataclass
 class Candidates:
     """The token sequences scored for one task: `ids[k]` spells `labels[k]` plus its end."""
 
     labels: list[str]
     ids: list[list[int]]
+    prefix: list[int] = field(default_factory=list)
+    """Tokens every target starts with (BART's `<s>`): decoder input, not scored."""
 
     @classmethod
-    def for_task(cls, task: TaskConfig, tok) -> Candidates:
+    def for_task(cls, task: TaskConfig, tok, decoder_start_id: int | None = None) -> Candidates:
+        prefix, suffix = target_affixes(tok, decoder_start_id)
         if task.format == "label+rationale":
             end = tok(f" {task.rationale_name}:", add_special_tokens=False).input_ids[0]
         else:
-            end = eos_id(tok)
+            end = suffix[0]
         ids = [
             tok(display_label(label), add_special_tokens=False).input_ids + [end]
             for label in task.labels
         ]
-        return cls(list(task.labels), ids)
+        return cls(list(task.labels), ids, prefix)
 
     @property
     def max_len(self) -> int:
-        return max(len(c) for c in self.ids)
+        """Generated tokens that spell the longest candidate, the forced prefix included."""
+        return len(self.prefix) + max(len(c) for c in self.ids)
 
 
 def choose(ids: list[list[int]], logprobs: list[list[float]], rule: Rule = "greedy") -> int:

@@ -7,7 +7,7 @@ line (`lr=1e-3`, `grid.seeds=[1,2]`). The resolved config is saved next to every
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from protege.formats import TaskConfig
 
@@ -28,12 +28,34 @@ class GridConfig:
 
 @dataclass
 class GenerationConfig:
-    """How the student generates during dev evaluation."""
+    """How the student generates: at dev evaluation, and (written into every checkpoint's
+    generation_config.json, replacing what the pretrained model brought, e.g. bart-base's
+    `num_beams: 4, no_repeat_ngram_size: 3`) at test, predict and serve time."""
 
     max_new_tokens: int = 128
     """Upper bound on generated tokens (a label+rationale target is ~100-200)."""
     num_beams: int = 1
     """Beam width; 1 = greedy, the fast default for selection during training."""
+    no_repeat_ngram_size: int = 0
+    """Forbid repeating n-grams of this size; 0 = off (bart-base's checkpoint says 3)."""
+    length_penalty: float = 1.0
+    """Beam search: exponent of the length normalisation of scores."""
+    early_stopping: bool = False
+    """Beam search: stop when `num_beams` finished candidates exist."""
+
+    def settings(self) -> dict[str, Any]:
+        """Every decoding setting, explicit: what `generate` is called with and what is
+        recorded. Sampling, repetition penalties and minimum lengths are off."""
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "num_beams": self.num_beams,
+            "no_repeat_ngram_size": self.no_repeat_ngram_size,
+            "length_penalty": self.length_penalty,
+            "early_stopping": self.early_stopping,
+            "do_sample": False,
+            "repetition_penalty": 1.0,
+            "min_length": 0,
+        }
 
 
 @dataclass

@@ -1,8 +1,11 @@
 """Records -> tokenized examples with per-token span tags, length-grouped batches, padding.
 
 Targets are built from `formats.make_examples` segments: each segment is tokenized without
-special tokens, the ids are concatenated and eos is appended, and every token keeps the tag
-of its segment (1 = label, 2 = rationale), so the split loss needs no string re-parsing.
+special tokens, the ids are concatenated and wrapped in the special tokens the model's
+tokenizer puts around a target (`protege.targets`: T5 `... </s>`, BART `<s> ... </s>`), and
+every token keeps the tag of its segment (1 = label, 2 = rationale), so the split loss needs
+no string re-parsing. The end token carries the last segment's tag (the model must learn to
+stop); a prefix such as BART's `<s>`, which generation forces, is tagged 0 and left out.
 Batches are padded only to their own longest row (dynamic padding) and rows of similar
 length are batched together, so little compute goes to padding.
 """
@@ -20,6 +23,7 @@ from protege.config import fingerprint
 from protege.data.io import file_sha256, is_file_source, read_records
 from protege.errors import DataError
 from protege.formats import Example, TaskConfig, make_examples
+from protege.targets import target_affixes
 from protege.train.loss import IGNORE, LABEL_TAG, PAD_TAG, RATIONALE_TAG
 
 TAGS = {"label": LABEL_TAG, "rationale": RATIONALE_TAG}
@@ -84,19 +88,22 @@ def load_examples(
     return summary
 
 
-def eos_id(tok) -> int:
-    """BERT tokenizers have no eos; their [SEP] ends a sequence."""
-    return tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
-
-
-def encode(examples: list[Example], tok, max_source_len: int, max_target_len: int) -> list[Encoded]:
-    """Tokenize sources (with the model's special tokens) and tagged targets (+ eos)."""
+def encode(
+    examples: list[Example],
+    tok,
+    max_source_len: int,
+    max_target_len: int,
+    decoder_start_id: int | None = None,
+) -> list[Encoded]:
+    """Tokenize sources (with the model's special tokens) and tagged targets, wrapped as the
+    tokenizer wraps a `text_target` (see `protege.targets.target_affixes`)."""
     sources = tok([e.source for e in examples], truncation=True, max_length=max_source_len)[
         "input_ids"
     ]
+    prefix, suffix = target_affixes(tok, decoder_start_id)
     texts = [text for e in examples for _, text in e.segments]
     seg_ids = iter(tok(texts, add_special_tokens=False)["input_ids"]) if texts else iter([])
-    eos = eos_id(tok)
+    room = max(1, max_target_len - len(prefix) - len(suffix))
     out = []
     for example, src in zip(examples, sources, strict=True):
         ids: list[int] = []
@@ -105,9 +112,16 @@ def encode(examples: list[Example], tok, max_source_len: int, max_target_len: in
             piece = next(seg_ids)
             ids += piece
             tags += [TAGS[kind]] * len(piece)
-        ids, tags = ids[: max_target_len - 1], tags[: max_target_len - 1]
+        ids, tags = ids[:room], tags[:room]
         last = tags[-1] if tags else TAGS[example.segments[-1][0]]
-        out.append(Encoded(list(src), ids + [eos], tags + [last], example.uid))
+        out.append(
+            Encoded(
+                list(src),
+                prefix + ids + suffix,
+                [PAD_TAG] * len(prefix) + tags + [last] * len(suffix),
+                example.uid,
+            )
+        )
     return out
 
 

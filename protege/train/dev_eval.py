@@ -73,8 +73,7 @@ def generate(model, tok, texts: list[str], cfg, accelerator) -> list[str]:
             ids = model.generate(
                 input_ids=enc["input_ids"],
                 attention_mask=enc["attention_mask"],
-                max_new_tokens=cfg.generation.max_new_tokens,
-                num_beams=cfg.generation.num_beams,
+                **cfg.generation.settings(),  # explicit: nothing left to the checkpoint
             )
         out += zip(idx, tok.batch_decode(ids, skip_special_tokens=True), strict=True)
     return [text for _, text in sorted(_gather(accelerator, out))]

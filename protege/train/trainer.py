@@ -23,7 +23,8 @@ import torch
 
 from protege.config import to_dict
 from protege.data.io import atomic_write_text, iter_jsonl, write_json
-from protege.student import load_student
+from protege.student import load_student, set_decoding
+from protege.targets import decoder_start_id, target_affixes
 from protege.train import checkpoint
 from protege.train.config import TrainConfig
 from protege.train.data import (
@@ -120,10 +121,13 @@ def train_one(cfg: TrainConfig, out: Path, run_id: str, baseline: bool = False) 
     set_seed(cfg.seed)
     with accelerator.main_process_first():  # builds protege: models once, not per process
         model, tok = load_student(cfg.model)
+    start = decoder_start_id(model)
+    decoding = cfg.generation.settings()  # the one source: dev, checkpoints, test, serve
+    set_decoding(model, decoding, target_affixes(tok, start)[0])
     train = load_examples(cfg.train_data, task, cfg.max_train_rows)
     dev = load_examples(cfg.dev_data, task, cfg.max_dev_rows, split="dev")
-    train_enc = encode(train.examples, tok, cfg.max_source_len, cfg.max_target_len)
-    dev_enc = encode(dev.examples, tok, cfg.max_source_len, cfg.max_target_len)
+    train_enc = encode(train.examples, tok, cfg.max_source_len, cfg.max_target_len, start)
+    dev_enc = encode(dev.examples, tok, cfg.max_source_len, cfg.max_target_len, start)
     weights = None if task.format == "label" else (cfg.split[0], cfg.split[1])
     rank, world = accelerator.process_index, accelerator.num_processes
 
@@ -154,6 +158,7 @@ def train_one(cfg: TrainConfig, out: Path, run_id: str, baseline: bool = False) 
             cfg.train_data, cfg.dev_data, max_rows=cfg.max_train_rows
         ),
         "versions": checkpoint.library_versions(),
+        "decoding": decoding,
         "data": {"train": train.counts(), "dev": dev.counts()},
     }
     history_path, steps_path = out / "history.jsonl", out / "steps.jsonl"
@@ -300,5 +305,6 @@ def _result_entry(
             "accuracy": best(acc_key, True, "best-accuracy"),
         },
         "history": f"{run_id}/history.jsonl",
+        "decoding": cfg.generation.settings(),
         "data": {"train": train.counts(), "dev": dev.counts()},
     }
