@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -74,3 +76,59 @@ def test_cli_export_reports_match_rate(tiny_nli, tmp_path):
     assert "same prediction as PyTorch on" in r.output and (out / "model.bin").exists()
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 1 and "already exists" in r.output
+
+
+@pytest.fixture(scope="module")
+def bart_student(tmp_path_factory):
+    """The replica's facebook/bart-base (BART-like tokenizer, bart-base's configs) saved as a
+    protege student by this transformers, whose BartConfig no longer has `normalize_before`
+    (dropped here as transformers 5 drops it from configs it builds)."""
+    from protege.student import load_student, set_decoding
+    from protege.targets import decoder_start_id, target_affixes
+    from protege.testing.hub.models import build_bart
+    from protege.train.config import GenerationConfig
+
+    root = tmp_path_factory.mktemp("bart")
+    model, tok = load_student(build_bart(root))
+    set_decoding(
+        model, GenerationConfig().settings(), target_affixes(tok, decoder_start_id(model))[0]
+    )
+    out = root / "student"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    config = json.loads((out / "config.json").read_text())
+    config.pop("normalize_before", None)
+    (out / "config.json").write_text(json.dumps(config))
+    save_task(TaskConfig(format="label"), out)
+    return out
+
+
+def test_bart_export_scores_and_generates_like_pytorch(bart_student, tmp_path):
+    out = export_ct2(bart_student, tmp_path / "bart-f32", quantization="float32")
+    assert json.loads((out / "protege_ct2.json").read_text())["model_type"] == "bart"
+    torch_p, ct2_p = Predictor.load(bart_student), Predictor.load(out)
+    assert torch_p.candidates.prefix == ct2_p.candidates.prefix == [0]  # BART's forced <s>
+    sources = [torch_p.source(r) for r in nli_rows("dev", 4)]
+    ids = torch_p.candidates.ids
+    a = torch_p.backend.token_logprobs(sources, ids, [0])
+    b = ct2_p.backend.token_logprobs(sources, ids, [0])
+    for x, y in zip(a, b, strict=True):
+        for u, v in zip(x, y, strict=True):
+            assert u == pytest.approx(v, abs=1e-3)
+    assert [p["label"] for p in torch_p.predict(sources)] == [
+        p["label"] for p in ct2_p.predict(sources)
+    ]
+    assert ct2_p.backend.generate(sources, 6) == torch_p.backend.generate(sources, 6)
+
+
+def test_tiny_bart_without_normalize_before_exports(tmp_path):
+    from protege.student import resolve_model
+
+    src = Path(resolve_model("protege:tiny-bart"))
+    assert "normalize_before" not in json.loads((src / "config.json").read_text())
+    d = tmp_path / "tiny-bart"
+    shutil.copytree(src, d)
+    save_task(TaskConfig(), d)
+    out = export_ct2(d, tmp_path / "tiny-bart-int8")
+    p = Predictor.load(out)
+    assert all(x["label"] in TaskConfig().labels for x in p.predict(nli_rows("dev", 3)))

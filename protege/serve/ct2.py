@@ -22,6 +22,13 @@ from protege.serve.predictor import CT2_MARKER, Predictor
 from protege.targets import eos_id
 
 SUPPORTED = ("t5", "mt5", "bart", "mbart")
+# Config attributes CTranslate2's BART loader reads that transformers 5 no longer defines
+# (`'BartConfig' object has no attribute 'normalize_before'`), with the values transformers'
+# own implementation has: BART is post-norm, mBART pre-norm, both with an embedding norm.
+CONVERTER_DEFAULTS = {
+    "bart": {"normalize_before": False, "normalize_embedding": True},
+    "mbart": {"normalize_before": True, "normalize_embedding": True},
+}
 QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int16", "float16", "bfloat16", "float32")
 
 
@@ -74,19 +81,27 @@ def export_ct2(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        ctranslate2.converters.TransformersConverter(str(model_dir)).convert(
+        source = _converter_source(model_dir, kind, tmp / "src")
+        ctranslate2.converters.TransformersConverter(str(source)).convert(
             str(tmp / "ct2"), quantization=quantization, force=True
         )
+        shutil.rmtree(tmp / "src", ignore_errors=True)
         for item in (tmp / "ct2").iterdir():
             item.rename(tmp / item.name)
         (tmp / "ct2").rmdir()
         tok = load_tokenizer(model_dir)
         config = json.loads((tmp / "config.json").read_text())
-        if config.get("eos_token") is None:  # BERT tokenizers have [SEP], not eos
-            config["eos_token"] = tok.convert_ids_to_tokens(eos_id(tok))
+        # BERT tokenizers have [CLS]/[SEP], not bos/eos: CTranslate2 needs the tokens.
+        bos = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
+        filled = {"eos_token": eos_id(tok), "bos_token": bos}
+        missing = {k: v for k, v in filled.items() if config.get(k) is None and v is not None}
+        if missing:
+            config.update({k: tok.convert_ids_to_tokens(v) for k, v in missing.items()})
             write_json(tmp / "config.json", config)
         tok.save_pretrained(tmp)
         shutil.copy(model_dir / TASK_FILE, tmp / TASK_FILE)
+        if (model_dir / "generation_config.json").exists():  # the decoding the student uses
+            shutil.copy(model_dir / "generation_config.json", tmp / "generation_config.json")
         write_json(
             tmp / CT2_MARKER,
             {"source": str(model_dir.resolve()), "model_type": kind, "quantization": quantization},
@@ -96,6 +111,21 @@ def export_ct2(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _converter_source(model_dir: Path, kind: str, scratch: Path) -> Path:
+    """The model dir, or (when its config lacks what the converter reads) a copy of it with
+    the missing attributes filled in: links to the weights and a completed config.json."""
+    config = json.loads((model_dir / "config.json").read_text())
+    missing = {k: v for k, v in CONVERTER_DEFAULTS.get(kind, {}).items() if k not in config}
+    if not missing:
+        return model_dir
+    scratch.mkdir(parents=True)
+    for item in model_dir.iterdir():
+        if item.name != "config.json":
+            (scratch / item.name).symlink_to(item.resolve())
+    write_json(scratch / "config.json", {**config, **missing})
+    return scratch
 
 
 class CT2Backend:
@@ -123,6 +153,13 @@ class CT2Backend:
             "decoder_start_token"
         )
         self.start_id = self.tok.convert_tokens_to_ids(start) if start else None
+        gen_path = Path(export_dir) / "generation_config.json"
+        gen = json.loads(gen_path.read_text()) if gen_path.exists() else {}
+        # Decode as the PyTorch student does: its forced first token (BART's <s>) and its
+        # n-gram rule come from the generation config training wrote.
+        forced = gen.get("forced_bos_token_id")
+        self.target_prefix = [self.tok.convert_ids_to_tokens(forced)] if forced is not None else []
+        self.no_repeat_ngram_size = int(gen.get("no_repeat_ngram_size") or 0)
 
     def _tokens(self, sources: list[str]) -> list[list[str]]:
         ids = self.tok(sources, truncation=True, max_length=self.max_source_len).input_ids
@@ -170,7 +207,11 @@ class CT2Backend:
 
     def generate(self, sources: list[str], max_new_tokens: int) -> list[str]:
         results = self.translator.translate_batch(
-            self._tokens(sources), beam_size=1, max_decoding_length=max_new_tokens
+            self._tokens(sources),
+            target_prefix=[self.target_prefix] * len(sources) if self.target_prefix else None,
+            beam_size=1,
+            max_decoding_length=max_new_tokens,
+            no_repeat_ngram_size=self.no_repeat_ngram_size,
         )
         ids = [self.tok.convert_tokens_to_ids(r.hypotheses[0]) for r in results]
         return self.tok.batch_decode(ids, skip_special_tokens=True)
