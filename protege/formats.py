@@ -51,6 +51,10 @@ class TaskConfig:
     """Target format; see the module docstring."""
     missing_rationale: Literal["error", "skip"] = "error"
     """A row with no rationale where the format needs one: stop with an error, or skip it."""
+    input_prefix: str | None = None
+    """Text put before every input. None: the student's own task prefix, if its config
+    declares one (t5-small: `summarize: ` for summarization); resolved at training and saved
+    with the model, so eval, predict and serve prefix inputs alike."""
 
     def __post_init__(self) -> None:
         if self.type == "classification" and not self.labels:
@@ -93,9 +97,17 @@ def display_label(label: str) -> str:
     return label[:1].upper() + label[1:]
 
 
+def model_task_prefix(model_config: Any, task_type: str) -> str:
+    """The input prefix a model's config declares for this kind of task (T5's
+    `task_specific_params.summarization.prefix`), or "" when it declares none."""
+    params = getattr(model_config, "task_specific_params", None) or {}
+    key = {"summarization": "summarization"}.get(task_type)
+    return str((params.get(key) or {}).get("prefix") or "") if key else ""
+
+
 def render_input(task: TaskConfig, record: dict[str, Any], source: str = "data") -> str:
     try:
-        return task.input_template.format(**record)
+        return (task.input_prefix or "") + task.input_template.format(**record)
     except KeyError as e:
         line = record.get("_line")
         raise DataError(

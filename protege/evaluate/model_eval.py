@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,8 @@ def evaluate_model(
     intervals), decoding settings and speed, plus `per_example` rows; with `out_dir`, writes
     `metrics.json` (everything but the rows) and `predictions.jsonl` (the rows)."""
     task = task or load_task(model_dir)
+    if task.input_prefix is None:  # the prefix the student was trained with (T5's summarize:)
+        task = replace(task, input_prefix=load_task(model_dir).input_prefix)
     decoding = (decoding or Decoding()).resolved(task)
     model, tok, device = load_for_eval(model_dir, device)
     inputs = [inference_input(task, r, source) for r in records]

@@ -181,6 +181,9 @@ class Predictor:
         """The encoder input for a record (rendered with the task template) or a raw string."""
         if isinstance(item, dict):
             return inference_input(self.task, item, source)
+        prefix = self.task.input_prefix or ""
+        if prefix and not item.startswith(prefix):  # raw text gets the model's task prefix too
+            item = prefix + item
         if self.task.format == "multitask" and not item.startswith(PREDICT_PREFIX):
             return PREDICT_PREFIX + item
         return item

@@ -15,6 +15,7 @@ import os
 import random
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import torch
 
 from protege.config import to_dict
 from protege.data.io import atomic_write_text, iter_jsonl, write_json
+from protege.formats import model_task_prefix
 from protege.student import load_student, set_decoding
 from protege.targets import decoder_start_id, target_affixes
 from protege.train import checkpoint
@@ -121,6 +123,8 @@ def train_one(cfg: TrainConfig, out: Path, run_id: str, baseline: bool = False) 
     set_seed(cfg.seed)
     with accelerator.main_process_first():  # builds protege: models once, not per process
         model, tok = load_student(cfg.model)
+    if task.input_prefix is None:  # the model's own task prefix (t5-small: "summarize: ")
+        task = replace(task, input_prefix=model_task_prefix(model.config, task.type))
     start = decoder_start_id(model)
     decoding = cfg.generation.settings()  # the one source: dev, checkpoints, test, serve
     set_decoding(model, decoding, target_affixes(tok, start)[0])
