@@ -45,7 +45,11 @@ def build_minilm_student(out_dir: str | Path) -> Path:
 
     src = minilm_dir()
     tok = load_tokenizer(src)
-    model = EncoderDecoderModel.from_encoder_decoder_pretrained(str(src), str(src))
+    # No encoder pooler: a seq2seq model never uses it, and unused parameters make DDP fail
+    # ("Expected to have finished reduction in the prior iteration").
+    model = EncoderDecoderModel.from_encoder_decoder_pretrained(
+        str(src), str(src), encoder_add_pooling_layer=False
+    )
     _set_special_tokens(model.config, tok)
     model.generation_config.decoder_start_token_id = tok.cls_token_id
     model.generation_config.eos_token_id = tok.sep_token_id
@@ -162,4 +166,13 @@ def load_student(name_or_dir: str | Path):
         model = AutoModelForSeq2SeqLM.from_pretrained(path)
     except OSError as e:
         raise ProtegeError(f"cannot load student {name_or_dir!r}: {e}") from e
+    drop_unused_pooler(model)
     return model, tok
+
+
+def drop_unused_pooler(model) -> None:
+    """A BERT encoder inside an EncoderDecoderModel is rebuilt with its pooler, which a
+    seq2seq model never uses: remove it (DDP requires every parameter to get a gradient)."""
+    encoder = getattr(model, "encoder", None)
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None

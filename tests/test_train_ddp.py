@@ -72,3 +72,45 @@ def test_two_process_cpu_run_writes_the_same_outputs(tmp_path, tmp_path_factory)
     assert (a["id"], a["steps"], a["data"]) == (b["id"], b["steps"], b["data"])
     ha, hb = ((d / a["history"]).read_text().splitlines() for d in (single, ddp))
     assert [json.loads(x)["step"] for x in ha] == [json.loads(x)["step"] for x in hb] == [1, 2]
+
+
+@pytest.mark.slow
+def test_default_minilm_student_trains_under_ddp(tmp_path, tmp_path_factory):
+    """The default student (EncoderDecoderModel from MiniLM) under 2-process DDP: an unused
+    encoder pooler made DDP fail ("Expected to have finished reduction in the prior
+    iteration")."""
+    cfg = tiny_config(
+        tmp_path, model="protege:minilm-encdec", max_steps=2, evals_per_epoch=1, max_dev_rows=2
+    )
+    path = tmp_path / "c.yaml"
+    save_config(cfg, path)
+    env = {
+        **os.environ,
+        "PROTEGE_HOME": str(tmp_path_factory.getbasetemp() / "protege_home"),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    launch = [
+        str(BIN / "accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "protege",
+        "train",
+        str(path),
+        f"output_dir={tmp_path / 'ddp'}",
+    ]
+    res = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (result,) = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    assert result["steps"] == 2

@@ -108,8 +108,9 @@ class TrainConfig:
     """Examples per device per evaluation batch."""
     mega_batch: int = 50
     """Length grouping window, in batches: sort by length within it, then shuffle batches."""
-    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
-    """`auto`: bf16 autocast when a CUDA GPU is present, else full precision."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """`auto`: bf16 on GPUs with native bf16, fp16 on older GPUs (fp32 for T5, which overflows
+    in fp16), full precision on CPU (`trainer.choose_precision`)."""
     grid: GridConfig = field(default_factory=GridConfig)
     """Optional grid of learning rates x splits (+ baseline) x seeds."""
     generation: GenerationConfig = field(default_factory=GenerationConfig)

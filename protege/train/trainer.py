@@ -47,13 +47,37 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_accelerator(mixed_precision: str = "auto"):
+def choose_precision(cuda: bool, bf16_native: bool, model_type: str | None = None) -> str:
+    """`auto` mixed precision: bf16 on GPUs that compute in it natively (A100, H100 ...),
+    fp16 on older GPUs that only emulate bf16 (T4, V100), full precision on CPU. T5 overflows
+    in fp16 (its activations exceed 65,504), so T5 without native bf16 trains in fp32."""
+    if not cuda:
+        return "no"
+    if bf16_native:
+        return "bf16"
+    return "no" if model_type in ("t5", "mt5", "umt5") else "fp16"
+
+
+def make_accelerator(mixed_precision: str = "auto", model: str | None = None):
     from accelerate import Accelerator
 
     if mixed_precision == "auto":
-        gpu = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        mixed_precision = "bf16" if gpu else "no"
+        cuda = torch.cuda.is_available()
+        native = cuda and torch.cuda.is_bf16_supported(including_emulation=False)
+        model_type = _model_type(model) if cuda and not native and model else None
+        mixed_precision = choose_precision(cuda, native, model_type)
     return Accelerator(mixed_precision=mixed_precision, cpu=cpu_ddp())
+
+
+def _model_type(model: str) -> str | None:
+    from transformers import AutoConfig
+
+    from protege.student import resolve_model
+
+    try:
+        return AutoConfig.from_pretrained(resolve_model(model)).model_type
+    except OSError:
+        return None
 
 
 def cpu_ddp() -> bool:
@@ -117,7 +141,7 @@ def train_one(cfg: TrainConfig, out: Path, run_id: str, baseline: bool = False) 
 
     # A fresh Accelerator per configuration: what it tracks for save_state/load_state
     # (model, optimizer, scheduler) must be this configuration's alone.
-    accelerator = make_accelerator(cfg.mixed_precision)
+    accelerator = make_accelerator(cfg.mixed_precision, cfg.model)
     main = accelerator.is_main_process
     task = cfg.task
     set_seed(cfg.seed)
