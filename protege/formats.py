@@ -75,7 +75,10 @@ class Example:
     """One training pair: `source` text and the target as tagged segments."""
 
     source: str
-    segments: list[tuple[str, str]]  # [(kind, text)], kind in {"label", "rationale"}
+    segments: list[tuple[str, str]]
+    """[(kind, text)]: kind `label`, `rationale` (the teacher's text: the only span that
+    truncation may shorten) or `connector` (` Explanation:`, ` Answer:`; weighted with the
+    rationale in the split loss, never cut)."""
     uid: str = ""
 
     @property
@@ -149,11 +152,16 @@ def make_examples(task: TaskConfig, record: dict[str, Any], source: str = "data"
     rationale = " ".join(rationale.split())
     name = task.rationale_name
     if task.format == "label+rationale":
-        return [Example(x, [("label", lab), ("rationale", f" {name}: {rationale}")], uid)]
+        segments = [("label", lab), ("connector", f" {name}:"), ("rationale", f" {rationale}")]
+        return [Example(x, segments, uid)]
     if task.format == "rationale+label":
-        return [
-            Example(x, [("rationale", f"{name}: {rationale} Answer:"), ("label", f" {lab}")], uid)
+        segments = [
+            ("connector", f"{name}:"),
+            ("rationale", f" {rationale}"),
+            ("connector", " Answer:"),
+            ("label", f" {lab}"),
         ]
+        return [Example(x, segments, uid)]
     return [  # multitask
         Example(PREDICT_PREFIX + x, [("label", lab)], uid),
         Example(EXPLAIN_PREFIX + x, [("rationale", rationale)], uid),

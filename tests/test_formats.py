@@ -27,7 +27,7 @@ def test_label_format_is_paper_a_baseline():
 def test_label_then_rationale_with_whitespace_normalised():
     [ex] = make_examples(task(format="label+rationale"), ROW)
     assert ex.target == "Entailment Explanation: A cat is an animal."
-    assert [k for k, _ in ex.segments] == ["label", "rationale"]
+    assert [k for k, _ in ex.segments] == ["label", "connector", "rationale"]
 
 
 def test_rationale_then_label_and_smanli_name():

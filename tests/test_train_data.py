@@ -128,3 +128,38 @@ def test_malformed_dataset_errors_name_file_line_field(tmp_path):
 def test_shipped_samples_load():
     s = load_examples(str(sample_path("nli", "dev")), TaskConfig(), max_rows=10)
     assert s.n_examples == 10
+
+
+def test_rationale_label_truncation_cuts_the_rationale_and_keeps_the_label(tok):
+    task = TaskConfig(format="rationale+label")
+    ex = make_examples(task, {**RECORD, "rationale": "word " * 100})
+    (enc,) = encode(ex, tok, max_source_len=64, max_target_len=20, decoder_start_id=CLS)
+    assert len(enc.target_ids) == 20 and enc.target_ids[-1] == tok.sep_token_id
+    tail = tok(" Answer: Neutral", add_special_tokens=False)["input_ids"]
+    assert enc.target_ids[-1 - len(tail) : -1] == tail
+    assert tok.decode(enc.target_ids[:2]) == "explanation :"  # the connector stays too
+    assert enc.label_reach == 20
+
+
+def test_label_rationale_truncation_keeps_label_and_connector(tok):
+    task = TaskConfig(format="label+rationale")
+    ex = make_examples(task, {**RECORD, "rationale": "word " * 100})
+    (enc,) = encode(ex, tok, max_source_len=64, max_target_len=8, decoder_start_id=CLS)
+    assert tok.decode(enc.target_ids[:-1]).startswith("neutral explanation :")
+    assert enc.label_reach == len(tok(" Neutral Explanation:", add_special_tokens=False).input_ids)
+
+
+def test_generation_budget_shorter_than_the_label_is_refused(tok):
+    from protege.errors import ConfigError
+    from protege.train.config import GenerationConfig, TrainConfig
+    from protege.train.trainer import check_generation_budget
+
+    task = TaskConfig(format="rationale+label")
+    ex = make_examples(task, {**RECORD, "rationale": "word " * 30})
+    enc = encode(ex, tok, 64, 96, CLS)
+    need = len(enc[0].target_ids)
+    ok = TrainConfig(task=task, generation=GenerationConfig(max_new_tokens=need))
+    check_generation_budget(ok, task, enc)
+    short = TrainConfig(task=task, generation=GenerationConfig(max_new_tokens=need - 1))
+    with pytest.raises(ConfigError, match=f"at least {need}"):
+        check_generation_budget(short, task, enc)

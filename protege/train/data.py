@@ -26,7 +26,7 @@ from protege.formats import Example, TaskConfig, make_examples
 from protege.targets import target_affixes
 from protege.train.loss import IGNORE, LABEL_TAG, PAD_TAG, RATIONALE_TAG
 
-TAGS = {"label": LABEL_TAG, "rationale": RATIONALE_TAG}
+TAGS = {"label": LABEL_TAG, "rationale": RATIONALE_TAG, "connector": RATIONALE_TAG}
 
 
 @dataclass
@@ -37,6 +37,9 @@ class Encoded:
     target_ids: list[int]
     tags: list[int]
     uid: str = ""
+    label_reach: int = 0
+    """Generated tokens needed to read the label back (forced prefix, everything up to the
+    label, the label, and the connector or end token after it); 0 for rows without one."""
 
 
 @dataclass
@@ -106,13 +109,9 @@ def encode(
     room = max(1, max_target_len - len(prefix) - len(suffix))
     out = []
     for example, src in zip(examples, sources, strict=True):
-        ids: list[int] = []
-        tags: list[int] = []
-        for kind, _ in example.segments:
-            piece = next(seg_ids)
-            ids += piece
-            tags += [TAGS[kind]] * len(piece)
-        ids, tags = ids[:room], tags[:room]
+        pieces = fit_segments([(k, next(seg_ids)) for k, _ in example.segments], room)
+        ids = [i for _, piece in pieces for i in piece]
+        tags = [TAGS[kind] for kind, piece in pieces for _ in piece]
         last = tags[-1] if tags else TAGS[example.segments[-1][0]]
         out.append(
             Encoded(
@@ -120,9 +119,45 @@ def encode(
                 prefix + ids + suffix,
                 [PAD_TAG] * len(prefix) + tags + [last] * len(suffix),
                 example.uid,
+                len(prefix) + label_reach(pieces, len(suffix)),
             )
         )
     return out
+
+
+def fit_segments(pieces: list[tuple[str, list[int]]], room: int) -> list[tuple[str, list[int]]]:
+    """Shorten a tokenized target to `room` tokens by cutting the rationale text only (from
+    its end): the label and the connectors (` Explanation:`, ` Answer:`) always stay, so a
+    long rationale can never take the label's place. Targets with no rationale (a label, a
+    summary) are cut from the right."""
+    total = sum(len(p) for _, p in pieces)
+    if total <= room:
+        return pieces
+    over = total - room
+    out = list(pieces)
+    for j in range(len(out) - 1, -1, -1):
+        kind, piece = out[j]
+        if kind == "rationale" and over:
+            cut = min(over, len(piece))
+            out[j] = (kind, piece[: len(piece) - cut])
+            over -= cut
+    if over:  # nothing (left) to cut in a rationale: plain right truncation
+        ids = [(k, i) for k, p in out for i in p][:room]
+        return [(k, [i]) for k, i in ids]
+    return out
+
+
+def label_reach(pieces: list[tuple[str, list[int]]], n_suffix: int) -> int:
+    """Target tokens up to the label and what ends it (the next connector, or the end token):
+    what `parse_output` must see to read the label."""
+    kinds = [k for k, _ in pieces]
+    if "label" not in kinds:
+        return 0
+    j = len(kinds) - 1 - kinds[::-1].index("label")
+    reach = sum(len(p) for _, p in pieces[: j + 1])
+    if j + 1 < len(pieces) and kinds[j + 1] == "connector":
+        return reach + len(pieces[j + 1][1])
+    return reach + (n_suffix if j + 1 == len(pieces) else 1)
 
 
 def length_grouped_batches(

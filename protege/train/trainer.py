@@ -24,6 +24,7 @@ import torch
 
 from protege.config import to_dict
 from protege.data.io import atomic_write_text, iter_jsonl, write_json
+from protege.errors import ConfigError
 from protege.formats import model_task_prefix
 from protege.student import load_student, set_decoding
 from protege.targets import decoder_start_id, target_affixes
@@ -97,6 +98,21 @@ def linear_schedule(optimizer, warmup_steps: int, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def check_generation_budget(cfg: TrainConfig, task, encoded) -> None:
+    """Refuse a `generation.max_new_tokens` that would stop generation before the label of the
+    longest target can be read back (`rationale+label`: the whole target): every dev, test and
+    serve output would then be malformed by construction."""
+    if task.type != "classification" or not encoded:
+        return
+    need = max(e.label_reach for e in encoded)
+    if cfg.generation.max_new_tokens < need:
+        raise ConfigError(
+            f"generation.max_new_tokens={cfg.generation.max_new_tokens} is shorter than the "
+            f"{need} tokens the longest {task.format} target needs to reach its label "
+            f"(max_target_len={cfg.max_target_len}): raise it to at least {need}"
+        )
+
+
 def local_batches(items, cfg: TrainConfig, epoch: int, rank: int, world: int) -> list[list[int]]:
     """This process's batches of one epoch: the same global order everywhere, dealt round-robin
     (trimmed to a multiple of the world size so every process takes the same number of steps)."""
@@ -156,6 +172,7 @@ def train_one(cfg: TrainConfig, out: Path, run_id: str, baseline: bool = False) 
     dev = load_examples(cfg.dev_data, task, cfg.max_dev_rows, split="dev")
     train_enc = encode(train.examples, tok, cfg.max_source_len, cfg.max_target_len, start)
     dev_enc = encode(dev.examples, tok, cfg.max_source_len, cfg.max_target_len, start)
+    check_generation_budget(cfg, task, train_enc + dev_enc)
     weights = None if task.format == "label" else (cfg.split[0], cfg.split[1])
     rank, world = accelerator.process_index, accelerator.num_processes
 
