@@ -180,12 +180,20 @@ def explain_input(task: TaskConfig, record: dict[str, Any], source: str = "data"
 
 
 def normalise_label(text: str, labels: list[str]) -> str | None:
-    """Map text to a label of the set, case- and punctuation-insensitively; None if none fits."""
-    t = text.strip().strip(".:;,!\"'").strip().lower()
+    """Map text to a label of the set, case- and punctuation-insensitively; None if none fits.
+
+    Spacing around punctuation is ignored on both sides: an uncased WordPiece student writes
+    `not_entailment` back as `not _ entailment`, which must still read as that label."""
+    t = _squeeze(text.strip().strip(".:;,!\"'").strip().lower())
     for label in labels:
-        if t == label.lower():
+        if t == _squeeze(label.lower()):
             return label
     return None
+
+
+def _squeeze(text: str) -> str:
+    """Drop whitespace next to punctuation (`_` included): `not _ entailment` -> `not_entailment`."""
+    return re.sub(r"\s*([^\w\s]|_)\s*", r"\1", " ".join(text.split()))
 
 
 def parse_output(task: TaskConfig, text: str) -> Parsed:
@@ -195,11 +203,10 @@ def parse_output(task: TaskConfig, text: str) -> Parsed:
         return Parsed(text=text)
     name = re.escape(task.rationale_name)
     if task.format == "rationale+label":
-        m = re.search(r"Answer\s*:\s*([^\s.,;]+)\s*\.?\s*$", text, flags=re.I)
-        rationale = re.sub(
-            rf"^\s*{name}\s*:\s*", "", text[: m.start()] if m else text, flags=re.I
-        ).strip()
-        label = normalise_label(m.group(1), task.labels) if m else None
+        # The last `Answer:`; what follows it is the label (spaces around punctuation allowed).
+        m = re.match(r"^(.*)\bAnswer\s*:(.*)$", text, flags=re.I | re.S)
+        rationale = re.sub(rf"^\s*{name}\s*:\s*", "", m.group(1) if m else text, flags=re.I).strip()
+        label = normalise_label(m.group(2), task.labels) if m else None
         return Parsed(text, label, rationale or None)
     # label, label+rationale, multitask(predict): the label comes first.
     m = re.match(rf"^(.*?)(?:\s*{name}\s*:\s*(.*))?$", text, flags=re.S | re.I)

@@ -99,3 +99,18 @@ def test_summarization_task():
     assert parse_output(t, " Short. ").text == "Short."
     with pytest.raises(ValueError):
         TaskConfig(type="summarization", format="multitask")
+
+
+@pytest.mark.parametrize("fmt", ["label", "label+rationale", "rationale+label", "multitask"])
+def test_punctuated_labels_survive_an_uncased_wordpiece_round_trip(fmt):
+    """`not_entailment` decodes as `not _ entailment` from the MiniLM tokenizer: still a label."""
+    from protege.student import load_tokenizer, resolve_model
+
+    tok = load_tokenizer(resolve_model("protege:tiny-t5"))
+    t = task(format=fmt, labels=["entailment", "not_entailment"])
+    row = {**ROW, "label": "not_entailment"}
+    for ex in make_examples(t, row)[:1]:  # multitask: the predict: row
+        ids = tok(ex.target, add_special_tokens=False)["input_ids"]
+        text = tok.decode(ids, skip_special_tokens=True)
+        assert "not _ entailment" in text
+        assert parse_output(t, text).label == "not_entailment"
