@@ -100,3 +100,26 @@ def test_one_step_path_equals_the_full_trie_walk(tiny_nli):
     assert [x["label"] for x in summed] == [
         p.candidates.labels[choose(ids, lps, "sum")] for lps in full
     ]
+
+
+@pytest.mark.parametrize("name", ["Rationale", "Explanation"])
+@pytest.mark.parametrize("forced_eos", [False, True])
+def test_label_budget_reaches_every_label_and_the_whole_connector(name, forced_eos):
+    """MiniLM writes ` Rationale:` as three pieces; a budget of label + 2 stopped before the
+    colon. The budget must cover the longest target up to its connector's end (as the trainer
+    builds it), plus the step a forced eos takes."""
+    from protege.formats import make_examples
+    from protege.student import load_tokenizer, resolve_model
+    from protege.train.data import encode
+
+    tok = load_tokenizer(resolve_model("protege:tiny-t5"))
+    task = TaskConfig(format="label+rationale", rationale_name=name)
+    rows = [
+        {"premise": "p", "hypothesis": "h", "label": lab, "rationale": "because."}
+        for lab in task.labels
+    ]
+    encoded = encode([e for r in rows for e in make_examples(task, r)], tok, 32, 64, 101)
+    budget = Candidates.label_budget(task, tok, 101, forced_eos)
+    assert budget == max(e.label_reach for e in encoded) + forced_eos
+    label_only = Candidates.label_budget(TaskConfig(format="label"), tok, 101, forced_eos)
+    assert label_only == Candidates.for_task(TaskConfig(format="label"), tok, 101).max_len

@@ -75,6 +75,8 @@ class TorchBackend:
         self.start_id = gen.decoder_start_token_id
         if self.start_id is None:
             self.start_id = cfg.decoder_start_token_id
+        # generate() puts eos at the last allowed step when this is set (bart-base does).
+        self.forced_eos = getattr(gen, "forced_eos_token_id", None) is not None
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
 
     def _encode(self, sources: list[str]):
@@ -189,10 +191,14 @@ class Predictor:
         return item
 
     def label_budget(self) -> int:
-        """New tokens for a label and its end marker (eos, or `Explanation` then `:`, which
-        `parse_output` needs to see), and no more: generation without rationale."""
+        """New tokens for a label and its end marker (eos, or the whole ` Explanation:`
+        connector, which `parse_output` needs to see), and no more: generation without
+        rationale (`Candidates.label_budget`)."""
         assert self.candidates is not None
-        return self.candidates.max_len + (self.task.format == "label+rationale")
+        forced_eos = bool(getattr(self.backend, "forced_eos", False))
+        return Candidates.label_budget(
+            self.task, self.backend.tok, self.backend.start_id, forced_eos
+        )
 
     def predict(
         self, inputs: list[dict[str, Any] | str], with_rationale: bool = False, fast: bool = True

@@ -57,6 +57,23 @@ class Candidates:
         ]
         return cls(list(task.labels), ids, prefix)
 
+    @classmethod
+    def label_budget(
+        cls, task: TaskConfig, tok, decoder_start_id: int | None = None, forced_eos: bool = False
+    ) -> int:
+        """New tokens that free generation needs to write any label so `parse_output` reads
+        it, and no more: the forced prefix (BART's `<s>`), the longest label, then what ends
+        it: the end token, or every real token of the connector (` Rationale:` is three
+        WordPiece tokens for MiniLM) for `label+rationale`. A generation config that forces
+        the end token at the last step (`forced_eos_token_id`) would overwrite the connector's
+        last token, so one more is counted there."""
+        c = cls.for_task(task, tok, decoder_start_id)
+        if task.format != "label+rationale":
+            return c.max_len
+        connector = tok(f" {task.rationale_name}:", add_special_tokens=False).input_ids
+        longest = max(len(ids) - 1 for ids in c.ids)  # label tokens, without the end token
+        return len(c.prefix) + longest + len(connector) + int(forced_eos)
+
     @property
     def max_len(self) -> int:
         """Generated tokens that spell the longest candidate, the forced prefix included."""
