@@ -98,3 +98,30 @@ def test_lengths():
             return {"input_ids": [list(t) for t in texts]}
 
     assert M.mean_length_tokens(["ab", "abcd"], Tok()) == 3.0
+
+
+def test_dev_bleu_is_test_bleu_for_an_uncased_student():
+    """Dev (checkpoint selection) and test scored rationales differently: case-sensitive with
+    `exp` smoothing vs lowercased without; a perfect uncased student got 67 vs 95."""
+    from protege.evaluate.score import score_outputs
+    from protege.formats import TaskConfig
+    from protege.train.dev_eval import score
+
+    task = TaskConfig(format="label+rationale")
+    rationales = [
+        "The Premise says Ada lives in Oslo, which is in Norway.",
+        "Nothing here is about Bob.",
+        "Cats are animals, So An animal sat.",
+        "",  # no teacher rationale: not scored by either
+    ]
+    records = [
+        {"premise": "p", "hypothesis": "h", "label": "neutral", "rationale": r} for r in rationales
+    ]
+    for outs in (rationales, ["ada lives in oslo .", "nothing is about bob", "cats sat", "x"]):
+        texts = [f"neutral explanation: {r.lower()}" for r in outs]
+        dev = score(task, records, texts, lowercase=True)["eval_bleu"]
+        test = score_outputs(task, records, texts, lowercase=True)[0]["bleu"]
+        assert dev == pytest.approx(test)
+    assert score(
+        task, records, [f"Neutral Explanation: {r.lower()}" for r in rationales], lowercase=True
+    )["eval_bleu"] == pytest.approx(100.0)

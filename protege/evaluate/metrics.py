@@ -69,8 +69,35 @@ def bleu_sentence_stats(hyps: Sequence[str], refs: Sequence[str]) -> list[list[i
     return [list(map(int, row)) for row in BLEU()._extract_corpus_statistics(hyps, [list(refs)])]
 
 
+def is_uncased(tok: Any) -> bool:
+    """True when the tokenizer lowercases (MiniLM/BERT uncased): its outputs cannot match a
+    cased reference, so BLEU is then computed case-insensitively (and says so)."""
+    return tok.decode(tok("Ab", add_special_tokens=False)["input_ids"]).strip() == "ab"
+
+
+def bleu_inputs(
+    hyps: Sequence[str], refs: Sequence[str], lowercase: bool
+) -> tuple[list[str], list[str]]:
+    """What rationale BLEU compares: whitespace runs collapsed, and both sides lowercased for
+    an uncased student (which cannot write capitals)."""
+
+    def norm(text: str) -> str:
+        text = " ".join(str(text or "").split())
+        return text.lower() if lowercase else text
+
+    return [norm(h) for h in hyps], [norm(r) for r in refs]
+
+
+def rationale_bleu(hyps: Sequence[str], refs: Sequence[str], lowercase: bool) -> float:
+    """THE rationale BLEU of this project, at dev time (checkpoint selection) and at test time
+    alike: sacrebleu corpus BLEU (13a tokeniser, smoothing `none`, 0-100) of `bleu_inputs`."""
+    h, r = bleu_inputs(hyps, refs, lowercase)
+    return bleu_from_stats(bleu_sentence_stats(h, r)) if h else 0.0
+
+
 def bleu_from_stats(stats: Sequence[Sequence[float]]) -> float:
-    """Corpus BLEU (0-100, sacrebleu defaults: 13a tokeniser, no smoothing) from summed stats."""
+    """Corpus BLEU (0-100, 13a tokeniser, smoothing `none`) from per-sentence stats. Note:
+    sacrebleu's own `corpus_bleu` defaults to `exp` smoothing; this does not smooth."""
 
     if not len(stats):
         return 0.0
@@ -83,13 +110,18 @@ def bleu_from_totals(total: Sequence[float]) -> float:
 
     total = [int(x) for x in total]
     score = BLEU.compute_bleu(
-        correct=total[2:6], total=total[6:10], sys_len=total[0], ref_len=total[1]
+        correct=total[2:6],
+        total=total[6:10],
+        sys_len=total[0],
+        ref_len=total[1],
+        smooth_method="none",
     )
     return float(score.score)
 
 
 def corpus_bleu(hyps: Sequence[str], refs: Sequence[str]) -> float:
-    """Standard corpus BLEU (sacrebleu 13a, 0-100): what this project reports as "BLEU"."""
+    """sacrebleu's `corpus_bleu` as is (13a, `exp` smoothing, case-sensitive, 0-100). Not
+    what rationales are scored with: that is `rationale_bleu`."""
     import sacrebleu
 
     if not hyps:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from protege.data.io import write_json, write_jsonl
+from protege.evaluate.metrics import is_uncased
 from protege.evaluate.predict import Decoding, generate, load_for_eval
 from protege.evaluate.score import score_outputs, teacher_outputs
 from protege.formats import TaskConfig, explain_input, inference_input, load_task
@@ -52,7 +53,7 @@ def evaluate_model(
     rationales = None
     if task.format == "multitask" and any(r.get(task.rationale_field) for r in records):
         # Multitask students explain only when asked with `explain:`; score that pass for BLEU.
-        rationale_dec = Decoding(decoding.batch_size, 160, decoding.num_beams)
+        rationale_dec = explain_decoding(decoding)
         expl = generate(
             model, tok, [explain_input(task, r, source) for r in records], rationale_dec, device
         )
@@ -91,10 +92,10 @@ def evaluate_model(
     return result
 
 
-def is_uncased(tok: Any) -> bool:
-    """True when the tokenizer lowercases (MiniLM/BERT uncased): its outputs cannot match a
-    cased reference, so BLEU is then computed case-insensitively (and says so)."""
-    return tok.decode(tok("Ab", add_special_tokens=False)["input_ids"]).strip() == "ab"
+def explain_decoding(decoding: Decoding) -> Decoding:
+    """The multitask `explain:` pass: up to 160 new tokens (a rationale), every other setting,
+    the input truncation included, as in the `predict:` pass."""
+    return replace(decoding, max_new_tokens=160)
 
 
 def evaluate_teacher(

@@ -104,10 +104,7 @@ def score_outputs(
     out["n_rationale_refs"] = len(pairs)
     out["bleu"] = out["bleu_ci"] = out["sentence_bleu_nltk"] = None
     if pairs:
-        hyps = [h for _, h, _ in pairs]
-        refs = [r for _, _, r in pairs]
-        if lowercase:
-            hyps, refs = [h.lower() for h in hyps], [r.lower() for r in refs]
+        hyps, refs = M.bleu_inputs([h for _, h, _ in pairs], [r for _, _, r in pairs], lowercase)
         stats = M.bleu_sentence_stats(hyps, refs)
         out["bleu"] = M.bleu_from_stats(stats)
         out["bleu_lowercased"] = lowercase

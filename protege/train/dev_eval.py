@@ -2,7 +2,8 @@
 
 Label accuracy reads each generated string back with `formats.parse_output`; an output that
 does not parse counts as wrong (and lowers coverage), never skipped. Rationale BLEU is
-sacrebleu's corpus BLEU (0-100) of generated vs teacher rationales. Summarization reports
+`evaluate.metrics.rationale_bleu`, the function test scoring uses (same case handling, no
+smoothing), over the rows that have a teacher rationale. Summarization reports
 ROUGE-L F1 (rouge-score, 0-1) instead of accuracy. Under DDP each process scores a shard and
 the results are gathered, so every process reaches the same numbers and decisions.
 """
@@ -13,6 +14,7 @@ from typing import Any
 
 import torch
 
+from protege.evaluate.metrics import is_uncased, rationale_bleu
 from protege.formats import (
     TaskConfig,
     explain_input,
@@ -84,9 +86,10 @@ def score(
     records: list[dict[str, Any]],
     outputs: list[str],
     explanations: list[str] | None = None,
+    lowercase: bool = False,
 ) -> dict[str, float | None]:
-    """Accuracy, coverage, BLEU (or ROUGE-L) of generated outputs against the records."""
-    import sacrebleu
+    """Accuracy, coverage, BLEU (or ROUGE-L) of generated outputs against the records;
+    `lowercase`: an uncased student, whose BLEU is case-insensitive (as at test time)."""
 
     if task.type == "summarization":
         from rouge_score import rouge_scorer
@@ -113,8 +116,15 @@ def score(
     }
     if task.needs_rationale:
         hyps = explanations if explanations is not None else [p.rationale or "" for p in parsed]
-        refs = [" ".join(str(r.get(task.rationale_field) or "").split()) for r in records]
-        metrics["eval_bleu"] = sacrebleu.corpus_bleu(hyps, [refs]).score
+        # The rows with a reference rationale, scored as at test time (`rationale_bleu`).
+        pairs = [
+            (h, str(r.get(task.rationale_field) or ""))
+            for h, r in zip(hyps, records, strict=True)
+            if str(r.get(task.rationale_field) or "").strip()
+        ]
+        metrics["eval_bleu"] = rationale_bleu(
+            [h for h, _ in pairs], [r for _, r in pairs], lowercase
+        )
     return metrics
 
 
@@ -140,6 +150,6 @@ def evaluate(
             model, tok, [explain_input(task, r) for r in records], cfg, accelerator
         )
     metrics = {"eval_loss": total, "eval_loss_label": lab, "eval_loss_rationale": rat}
-    metrics.update(score(task, records, outputs, explanations))
+    metrics.update(score(task, records, outputs, explanations, is_uncased(tok)))
     model.train(was_training)
     return metrics
