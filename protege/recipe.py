@@ -18,14 +18,13 @@ Stage configs owned by other modules are kept as plain mappings here and validat
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from protege.config import from_dict, load_config
 from protege.data.hub import HubQuery
-from protege.data.io import is_file_source
+from protege.data.io import is_file_source, split_source  # noqa: F401 (re-exported)
 from protege.errors import ConfigError
 from protege.formats import TaskConfig
 
@@ -127,18 +126,6 @@ class RecipeConfig:
     train: dict[str, Any] = field(default_factory=dict)
     eval: dict[str, Any] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
-
-
-SLICE = re.compile(r"^(?P<path>.+?)\[(?P<a>-?\d*):(?P<b>-?\d*)\]$")
-
-
-def split_source(source: str) -> tuple[str, slice | None]:
-    """`data.jsonl[:800]` -> ("data.jsonl", slice(None, 800))."""
-    m = SLICE.match(source)
-    if not m:
-        return source, None
-    a, b = m.group("a"), m.group("b")
-    return m.group("path"), slice(int(a) if a else None, int(b) if b else None)
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> RecipeConfig:

@@ -280,3 +280,34 @@ def test_early_stopping_and_kept_checkpoints_follow_the_eval_history(tmp_path, m
     for which, step in (("loss", 2), ("accuracy", 3)):
         meta = json.loads((out / result["best"][which]["path"] / "protege_meta.json").read_text())
         assert meta["step"] == step
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_never_select_on_training_rows(path):
+    """Same file for train and dev: the row slices must be disjoint (checked on the rows
+    themselves where the data is present, as `protege train` does)."""
+    from protege.data.io import split_source
+
+    cfg = load_config(TrainConfig, path)
+    (train, a), (dev, b) = split_source(cfg.train_data), split_source(cfg.dev_data)
+    if train != dev:
+        return
+    assert a is not None and b is not None, "same file, no disjoint row slices"
+    n = 10**6
+    rows_a = set(range(n)[a][: cfg.max_train_rows])
+    rows_b = set(range(n)[b][: cfg.max_dev_rows])
+    assert rows_a and rows_b and not rows_a & rows_b
+
+
+def test_train_refuses_to_select_on_training_rows(tmp_path):
+    cfg = tiny_config(tmp_path)
+    cfg.dev_data = cfg.train_data + "[:4]"
+    with pytest.raises(ConfigError, match="4 inputs with train_data .* refused"):
+        trainer.train_one(cfg, tmp_path / "run", "x")
+    assert not (tmp_path / "run" / "DONE").exists()
+    cfg.allow_dev_overlap = True
+    cfg.max_steps = 1
+    result = trainer.train_one(cfg, tmp_path / "run", "x")
+    assert result["steps"] == 1
+    # max_new_tokens=4 cannot reach past " Explanation:" after "Contradiction": raised, recorded
+    assert result["decoding"]["max_new_tokens"] > 4

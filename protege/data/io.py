@@ -11,6 +11,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -26,6 +27,18 @@ FILE_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet"}
 
 def is_file_source(source: str) -> bool:
     return Path(source).suffix.lower() in FILE_SUFFIXES or Path(source).exists()
+
+
+SLICE = re.compile(r"^(?P<path>.+?)\[(?P<a>-?\d*):(?P<b>-?\d*)\]$")
+
+
+def split_source(source: str) -> tuple[str, slice | None]:
+    """`data.jsonl[:800]` -> ("data.jsonl", slice(None, 800))."""
+    m = SLICE.match(source)
+    if not m:
+        return source, None
+    a, b = m.group("a"), m.group("b")
+    return m.group("path"), slice(int(a) if a else None, int(b) if b else None)
 
 
 def read_records(

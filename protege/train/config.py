@@ -104,6 +104,9 @@ class TrainConfig:
     """Use only the first N training rows."""
     max_dev_rows: int | None = None
     """Use only the first N dev rows (evaluation cost grows with generation)."""
+    allow_dev_overlap: bool = False
+    """Train even when dev rows are training rows (same uid or input); refused by default.
+    `train_data` / `dev_data` take a row slice of a file: `dev.jsonl[:800]`, `dev.jsonl[800:]`."""
     eval_batch_size: int = 64
     """Examples per device per evaluation batch."""
     mega_batch: int = 50

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from protege.config import fingerprint
-from protege.data.io import file_sha256, is_file_source, read_records
+from protege.data.io import file_sha256, is_file_source, read_records, split_source
 from protege.errors import DataError
 from protege.formats import Example, TaskConfig, make_examples
 from protege.targets import target_affixes
@@ -70,7 +70,12 @@ def load_examples(
     parse) are skipped and counted, as are rows without a rationale when the task says skip."""
     if not source:
         raise DataError("train config", "no data file given (train_data / dev_data)")
-    records = read_records(source, split)  # split: only used for hub dataset names
+    path, rows = split_source(str(source))  # `dev.jsonl[800:]`: a slice of a file
+    if rows is not None and not is_file_source(path):
+        raise DataError(str(source), "a [a:b] row slice needs a file, not a hub dataset name")
+    records = read_records(path, split)  # split: only used for hub dataset names
+    if rows is not None:
+        records = records[rows]
     if max_rows is not None:
         records = records[:max_rows]
     summary = DataSummary(source=str(source))
@@ -209,8 +214,9 @@ def data_fingerprint(*sources: str, max_rows: int | None = None) -> str:
     """sha256 of the data files (or the hub names), so a checkpoint says what it saw."""
     parts = []
     for source in sources:
-        if source and is_file_source(source) and Path(source).exists():
-            parts.append(file_sha256(source))
+        path, rows = split_source(str(source or ""))
+        if path and is_file_source(path) and Path(path).exists():
+            parts.append(file_sha256(path) + (f"[{rows.start}:{rows.stop}]" if rows else ""))
         else:
             parts.append(source)
     return fingerprint(parts, max_rows)

@@ -98,19 +98,30 @@ def linear_schedule(optimizer, warmup_steps: int, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def check_generation_budget(cfg: TrainConfig, task, encoded) -> None:
-    """Refuse a `generation.max_new_tokens` that would stop generation before the label of the
-    longest target can be read back (`rationale+label`: the whole target): every dev, test and
-    serve output would then be malformed by construction."""
+def generation_budget(cfg: TrainConfig, task, encoded) -> int:
+    """`generation.max_new_tokens`, raised where it would stop generation before the label of
+    the longest target can be read back (`rationale+label`: the whole target); kept as is
+    otherwise. Every dev, test and serve output would else be malformed by construction."""
     if task.type != "classification" or not encoded:
+        return cfg.generation.max_new_tokens
+    return max(cfg.generation.max_new_tokens, max(e.label_reach for e in encoded))
+
+
+def refuse_selection_on_training_rows(cfg: TrainConfig, task, train, dev) -> None:
+    """Split hygiene in `protege train` itself: dev rows that are training rows (same uid, or
+    the same normalised input) would select checkpoints on what the student memorised."""
+    from protege.evaluate.hygiene import check_splits
+
+    found = check_splits({"train_data": train, "dev_data": dev}, task)
+    if found["ok"] or cfg.allow_dev_overlap:
         return
-    need = max(e.label_reach for e in encoded)
-    if cfg.generation.max_new_tokens < need:
-        raise ConfigError(
-            f"generation.max_new_tokens={cfg.generation.max_new_tokens} is shorter than the "
-            f"{need} tokens the longest {task.format} target needs to reach its label "
-            f"(max_target_len={cfg.max_target_len}): raise it to at least {need}"
-        )
+    (pair,) = found["pairs"]
+    raise ConfigError(
+        f"dev_data {cfg.dev_data} shares {pair['same_uid']} uids and {pair['same_input']} "
+        f"inputs with train_data {cfg.train_data} (of {len(dev)} dev rows): selection on "
+        f"training rows is refused; use disjoint rows (e.g. data.jsonl[:800] and "
+        f"data.jsonl[800:]) or set allow_dev_overlap=true"
+    )
 
 
 def local_batches(items, cfg: TrainConfig, epoch: int, rank: int, world: int) -> list[list[int]]:
@@ -166,13 +177,22 @@ def train_one(cfg: TrainConfig, out: Path, run_id: str, baseline: bool = False) 
     if task.input_prefix is None:  # the model's own task prefix (t5-small: "summarize: ")
         task = replace(task, input_prefix=model_task_prefix(model.config, task.type))
     start = decoder_start_id(model)
-    decoding = cfg.generation.settings()  # the one source: dev, checkpoints, test, serve
-    set_decoding(model, decoding, target_affixes(tok, start)[0])
     train = load_examples(cfg.train_data, task, cfg.max_train_rows)
     dev = load_examples(cfg.dev_data, task, cfg.max_dev_rows, split="dev")
+    refuse_selection_on_training_rows(cfg, task, train.records, dev.records)
     train_enc = encode(train.examples, tok, cfg.max_source_len, cfg.max_target_len, start)
     dev_enc = encode(dev.examples, tok, cfg.max_source_len, cfg.max_target_len, start)
-    check_generation_budget(cfg, task, train_enc + dev_enc)
+    budget = generation_budget(cfg, task, train_enc + dev_enc)
+    if budget != cfg.generation.max_new_tokens:
+        if main:
+            print(
+                f"[{run_id}] generation.max_new_tokens raised from "
+                f"{cfg.generation.max_new_tokens} to {budget}: the longest {task.format} "
+                f"target needs {budget} tokens to reach its label"
+            )
+        cfg = replace(cfg, generation=replace(cfg.generation, max_new_tokens=budget))
+    decoding = cfg.generation.settings()  # the one source: dev, checkpoints, test, serve
+    set_decoding(model, decoding, target_affixes(tok, start)[0])
     weights = None if task.format == "label" else (cfg.split[0], cfg.split[1])
     rank, world = accelerator.process_index, accelerator.num_processes
 
