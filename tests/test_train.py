@@ -311,3 +311,27 @@ def test_train_refuses_to_select_on_training_rows(tmp_path):
     assert result["steps"] == 1
     # max_new_tokens=4 cannot reach past " Explanation:" after "Contradiction": raised, recorded
     assert result["decoding"]["max_new_tokens"] > 4
+
+
+def test_rerun_with_another_config_or_data_sets_old_results_aside(tmp_path, capsys):
+    cfg = tiny_config(tmp_path, max_steps=1, evals_per_epoch=1)
+    out = run_train(cfg)
+    run = out / "lr1e-3_split0.5-0.5_seed42"
+    assert json.loads((run / "point.json").read_text()).keys() == {"config", "data"}
+    capsys.readouterr()
+    run_train(cfg)
+    assert "already done, skipping" in capsys.readouterr().out
+
+    bart = tiny_config(tmp_path, max_steps=1, evals_per_epoch=1, model="protege:tiny-bart")
+    run_train(bart)
+    assert "config or data changed" in capsys.readouterr().out
+    (result,) = json.loads((out / "results.json").read_text())
+    assert result["model"] == "protege:tiny-bart"
+    aside = out / "lr1e-3_split0.5-0.5_seed42.old-1"
+    assert json.loads((aside / "result.json").read_text())["model"] == "protege:tiny-t5"
+
+    with open(bart.train_data, "a") as f:  # same config, changed data
+        f.write(Path(bart.train_data).read_text().splitlines()[0] + "\n")
+    run_train(bart)
+    assert "config or data changed" in capsys.readouterr().out
+    assert (out / "lr1e-3_split0.5-0.5_seed42.old-2" / "DONE").exists()

@@ -1,7 +1,10 @@
 """The grid: learning rates x splits (+ a `label`-format baseline) x seeds, run one after
 another into one output dir, then one results table (results.json + results.md).
 
-A configuration whose DONE exists is skipped on rerun; one killed part way resumes.
+A configuration whose DONE exists is skipped on rerun and one killed part way resumes, but
+only when its directory was written by the same configuration on the same data: each run dir
+keeps `point.json` (config + data fingerprint); on a mismatch the old directory is set aside
+(renamed `<id>.old-N`, never deleted) and the point trains anew.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from protege.config import save_config
+from protege.config import fingerprint, save_config, to_dict
 from protege.data.io import atomic_write_text, write_json
 from protege.train.config import TrainConfig
 
@@ -69,6 +72,43 @@ def _variant(cfg: TrainConfig, **changes: Any) -> TrainConfig:
     return c
 
 
+POINT_FILE = "point.json"
+
+
+def point_key(cfg: TrainConfig) -> dict[str, str]:
+    """What a run dir's results depend on: the point's whole config (but where it is written)
+    and the bytes of its data."""
+    from protege.train.data import data_fingerprint
+
+    conf = {k: v for k, v in to_dict(cfg).items() if k not in ("output_dir", "grid")}
+    data = data_fingerprint(cfg.train_data, cfg.dev_data, max_rows=cfg.max_train_rows)
+    return {"config": fingerprint(conf), "data": data}
+
+
+def claim_run_dir(run_dir: Path, key: dict[str, str]) -> str:
+    """Make `run_dir` this point's: `done` (finished by the same config on the same data),
+    `resume` (same, unfinished) or `new`; a dir of another config or data (or one from before
+    `point.json` existed) is renamed aside first. Returns the status; main process only."""
+    if run_dir.exists() and any(run_dir.iterdir()):
+        point = run_dir / POINT_FILE
+        old = json.loads(point.read_text()) if point.exists() else None
+        if old == key:
+            return (
+                "done"
+                if (run_dir / "DONE").exists() and (run_dir / "result.json").exists()
+                else "resume"
+            )
+        n = 1
+        while run_dir.with_name(f"{run_dir.name}.old-{n}").exists():
+            n += 1
+        aside = run_dir.rename(run_dir.with_name(f"{run_dir.name}.old-{n}"))
+        what = "config or data changed" if old else "no record of its config"
+        print(f"[{run_dir.name}] {what}: earlier results set aside in {aside}; training anew")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / POINT_FILE, key)
+    return "new"
+
+
 def run_grid(cfg: TrainConfig) -> Path:
     """Run every configuration (skipping finished ones), then write the results table."""
     from accelerate import PartialState
@@ -83,7 +123,12 @@ def run_grid(cfg: TrainConfig) -> Path:
     results = []
     for point in expand_grid(cfg):
         run_dir = out / point.id
-        if (run_dir / "DONE").exists() and (run_dir / "result.json").exists():
+        status = [claim_run_dir(run_dir, point_key(point.cfg)) if state.is_main_process else ""]
+        if state.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(status)
+        if status[0] == "done":
             if state.is_main_process:
                 print(f"[{point.id}] already done, skipping")
             results.append(json.loads((run_dir / "result.json").read_text()))
