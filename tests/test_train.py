@@ -335,3 +335,15 @@ def test_rerun_with_another_config_or_data_sets_old_results_aside(tmp_path, caps
     run_train(bart)
     assert "config or data changed" in capsys.readouterr().out
     assert (out / "lr1e-3_split0.5-0.5_seed42.old-2" / "DONE").exists()
+
+
+def test_every_process_gets_batches_or_all_stop_with_one_error(tmp_path):
+    from protege.train.data import Encoded
+
+    items = [Encoded([1] * (i + 2), [2] * (i + 3), [1] * (i + 3)) for i in range(5)]
+    cfg = tiny_config(tmp_path, batch_size=2)  # 3 batches
+    per_rank = [trainer.local_batches(items, cfg, 0, r, 2) for r in range(2)]
+    assert [len(b) for b in per_rank] == [1, 1]  # trimmed to 2: the same steps everywhere
+    for rank in range(4):  # 3 batches, 4 processes: one would wait forever
+        with pytest.raises(ConfigError, match="3 batches .* fewer than the 4 processes"):
+            trainer.local_batches(items, cfg, 0, rank, 4)

@@ -126,11 +126,19 @@ def refuse_selection_on_training_rows(cfg: TrainConfig, task, train, dev) -> Non
 
 def local_batches(items, cfg: TrainConfig, epoch: int, rank: int, world: int) -> list[list[int]]:
     """This process's batches of one epoch: the same global order everywhere, dealt round-robin
-    (trimmed to a multiple of the world size so every process takes the same number of steps)."""
+    (trimmed to a multiple of the world size so every process takes the same number of steps).
+    Fewer batches than processes would leave one without work, waiting for the others
+    forever: that stops with an error, on every process alike."""
     src = [len(e.input_ids) for e in items]
     tgt = [len(e.target_ids) for e in items]
     batches = length_grouped_batches(src, tgt, cfg.batch_size, cfg.seed, epoch, cfg.mega_batch)
-    batches = batches[: len(batches) // world * world] or batches[:world]
+    if len(batches) < world:
+        raise ConfigError(
+            f"train_data: {len(items)} examples make {len(batches)} batches of batch_size="
+            f"{cfg.batch_size}, fewer than the {world} processes; lower batch_size to at most "
+            f"{max(1, len(items) // world)} or run fewer processes"
+        )
+    batches = batches[: len(batches) // world * world]
     return batches[rank::world]
 
 
