@@ -76,3 +76,13 @@ def test_gradient_reaches_only_real_tokens():
     split_loss(logits, labels, tags, weights=(0.5, 0.5)).total.backward()
     assert logits.grad[1, 1:].abs().sum().item() == 0.0  # pads
     assert logits.grad[0].abs().sum().item() > 0
+
+
+def test_label_span_leaves_out_the_end_token():
+    logits = torch.zeros(2, 4, 5)
+    labels = torch.tensor([[1, 2, 3, IGNORE], [1, 4, IGNORE, IGNORE]])
+    tags = torch.tensor([[1, 1, 1, 0], [1, 2, 0, 0]])  # row 2: label then a rationale-tagged end
+    sums = token_sums(logits, labels, tags, n_suffix=1)
+    assert (sums.label_n, sums.rationale_n, sums.span_n) == (4, 1, 3)
+    assert sums.means()[2] == pytest.approx(math.log(5))
+    assert TokenSums().means() == (None, None, None)

@@ -140,7 +140,9 @@ def test_grid_run_writes_the_contract_layout_and_skips_finished(tmp_path, capsys
         assert [h["step"] for h in history] == [1, 2, 3, 4]  # 2 batches/epoch, 2 evals/epoch
         for key in ("eval_loss", "eval_accuracy", "eval_coverage", "train_loss_label", "lr"):
             assert all(h[key] is not None for h in history), key
-        assert all(h["train_loss_rationale"] > 0 for h in history) != r["baseline"]
+        # a baseline has no rationale token: its term is missing, never averaged in as 0
+        assert all(h["train_loss_rationale"] is None for h in history) == r["baseline"]
+        assert all(h["eval_loss_label_span"] > 0 for h in history)
         for which in ("loss", "accuracy"):
             best = r["best"][which]
             model_dir = out / best["path"]
@@ -153,7 +155,8 @@ def test_grid_run_writes_the_contract_layout_and_skips_finished(tmp_path, capsys
             assert set(meta["versions"]) >= {"torch", "transformers", "accelerate", "protege"}
         assert (run / "DONE").exists() and not (run / "last").exists()
     assert split["best"]["loss"]["eval_bleu"] is not None
-    assert "| lr1e-3_split0.5-0.5_seed42 |" in (out / "results.md").read_text()
+    table = (out / "results.md").read_text()
+    assert "| lr1e-3_split0.5-0.5_seed42 |" in table and "| label CE |" in table
 
     capsys.readouterr()
     run_train(cfg)  # everything finished: nothing is retrained
@@ -347,3 +350,24 @@ def test_every_process_gets_batches_or_all_stop_with_one_error(tmp_path):
     for rank in range(4):  # 3 batches, 4 processes: one would wait forever
         with pytest.raises(ConfigError, match="3 batches .* fewer than the 4 processes"):
             trainer.local_batches(items, cfg, 0, rank, 4)
+
+
+def test_evaluations_fall_on_epoch_boundaries():
+    steps = trainer.eval_steps(265, 2, 5 * 265)
+    assert len(steps) == 10 and {265 * e for e in range(1, 6)} <= steps  # was 11, drifting
+    assert trainer.eval_steps(3, 2, 6) == {2, 3, 5, 6}
+    assert trainer.eval_steps(2, 4, 5) == {1, 2, 3, 4, 5}  # capped at one per step; final step
+
+
+def test_window_losses_skip_missing_terms_and_reduce():
+    from accelerate import Accelerator
+
+    from protege.train.loss import TokenSums
+
+    acc = Accelerator(cpu=True)
+    # two steps: one of only predict: rows (label 2.0 over 4 tokens), one of only explain: rows
+    sums = TokenSums(label_sum=8.0, label_n=4, rationale_sum=3.0, rationale_n=3)
+    out = trainer.window_losses(acc, [1.0, 2.0], sums)
+    assert out["train_loss"] == 1.5
+    assert out["train_loss_label"] == 2.0 and out["train_loss_rationale"] == 1.0  # not 1.0, 0.5
+    assert trainer.window_losses(acc, [1.0], TokenSums(1.0, 1))["train_loss_rationale"] is None

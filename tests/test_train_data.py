@@ -160,3 +160,20 @@ def test_generation_budget_shorter_than_the_label_is_raised(tok):
     for asked, got in ((need - 1, need), (need, need), (need + 5, need + 5)):
         cfg = TrainConfig(task=task, generation=GenerationConfig(max_new_tokens=asked))
         assert generation_budget(cfg, task, enc) == got
+
+
+def test_multitask_batches_keep_both_rows_of_a_record_together(tmp_path, tok):
+    rows = [{**RECORD, "uid": str(i), "rationale": "r " * (i % 7 + 1)} for i in range(40)]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = load_examples(str(path), TaskConfig(format="multitask"))
+    enc = encode(data.examples, tok, 32, 32, CLS)
+    src = [len(e.input_ids) for e in enc]
+    tgt = [len(e.target_ids) for e in enc]
+    batches = length_grouped_batches(src, tgt, 6, 0, 0, groups=data.groups)
+    assert sorted(i for b in batches for i in b) == list(range(80))
+    for b in batches:
+        assert len(b) <= 6
+        kinds = [data.examples[i].source.split(":")[0] for i in b]
+        assert kinds.count("predict") == kinds.count("explain")  # every step trains both
+        assert {enc[i].uid for i in b if kinds[b.index(i)] == "predict"} == {enc[i].uid for i in b}

@@ -53,6 +53,8 @@ class DataSummary:
     skipped_missing_rationale: int = 0
     records: list[dict[str, Any]] = field(default_factory=list, repr=False)
     examples: list[Example] = field(default_factory=list, repr=False)
+    groups: list[list[int]] = field(default_factory=list, repr=False)
+    """Indices into `examples` per record (multitask: its predict: and explain: rows)."""
 
     def counts(self) -> dict[str, int]:
         return {
@@ -88,6 +90,8 @@ def load_examples(
             summary.skipped_missing_rationale += 1
             continue
         summary.records.append(record)
+        n = len(summary.examples)
+        summary.groups.append(list(range(n, n + len(examples))))
         summary.examples.extend(examples)
     summary.n_records = len(records)
     summary.n_examples = len(summary.examples)
@@ -172,6 +176,7 @@ def length_grouped_batches(
     seed: int,
     epoch: int,
     mega_batch: int = 50,
+    groups: list[list[int]] | None = None,
 ) -> list[list[int]]:
     """Index batches of similar source AND target length, so dynamic padding wastes little.
 
@@ -179,19 +184,27 @@ def length_grouped_batches(
     run of 4 batches by target length (a batch costs its longest source plus its longest
     target; this two-key order beats sorting by either or by their sum); cut into batches;
     shuffle the batches. Deterministic in (seed, epoch), so a resumed run sees the same order.
+
+    `groups`: rows that must share a batch (a multitask record's `predict:` and `explain:`
+    rows, so every step trains both tasks on the same examples, as distilling step-by-step
+    does); a group moves as one unit of its longest lengths, `batch_size` rows per batch.
     """
+    groups = groups or [[i] for i in range(len(src_lengths))]
+    src = [max(src_lengths[i] for i in g) for g in groups]
+    tgt = [max(tgt_lengths[i] for i in g) for g in groups]
+    per = max(1, batch_size // max(len(g) for g in groups))  # units per batch
     rng = random.Random(f"{seed}-{epoch}")
-    order = list(range(len(src_lengths)))
+    order = list(range(len(groups)))
     rng.shuffle(order)
-    window, group = batch_size * mega_batch, batch_size * 4
+    window, group = per * mega_batch, per * 4
     batches = []
     for start in range(0, len(order), window):
-        by_src = sorted(order[start : start + window], key=lambda i: -src_lengths[i])
+        by_src = sorted(order[start : start + window], key=lambda i: -src[i])
         for g in range(0, len(by_src), group):
-            chunk = sorted(by_src[g : g + group], key=lambda i: -tgt_lengths[i])
-            batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+            chunk = sorted(by_src[g : g + group], key=lambda i: -tgt[i])
+            batches += [chunk[i : i + per] for i in range(0, len(chunk), per)]
     rng.shuffle(batches)
-    return batches
+    return [[i for u in b for i in groups[u]] for b in batches]
 
 
 def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:

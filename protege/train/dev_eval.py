@@ -22,6 +22,7 @@ from protege.formats import (
     normalise_label,
     parse_output,
 )
+from protege.targets import decoder_start_id, target_affixes
 from protege.train.data import Encoded, collate
 from protege.train.loss import TokenSums, token_sums
 
@@ -32,7 +33,9 @@ def _gather(accelerator, items: list) -> list:
     return gather_object(items) if accelerator.num_processes > 1 else items
 
 
-def dev_loss(model, dev: list[Encoded], pad_id: int, batch_size: int, accelerator) -> TokenSums:
+def dev_loss(
+    model, dev: list[Encoded], pad_id: int, batch_size: int, accelerator, n_suffix: int = 1
+) -> TokenSums:
     """Summed CE per span over the whole dev set (this process's shard, then gathered)."""
     rank, world = accelerator.process_index, accelerator.num_processes
     shard = sorted(dev[rank::world], key=lambda e: len(e.input_ids))
@@ -49,7 +52,7 @@ def dev_loss(model, dev: list[Encoded], pad_id: int, batch_size: int, accelerato
                 attention_mask=batch["attention_mask"],
                 decoder_input_ids=decoder_input_ids,
             ).logits  # (B, T, V)
-        sums.add(token_sums(logits, batch["labels"], batch["tags"]))
+        sums.add(token_sums(logits, batch["labels"], batch["tags"], n_suffix))
     total = TokenSums()
     for part in _gather(accelerator, [sums]):
         total.add(part)
@@ -141,7 +144,8 @@ def evaluate(
     """Everything one evaluation logs: eval loss (and both terms) and generated-text metrics."""
     was_training = model.training
     model.eval()
-    sums = dev_loss(model, dev, tok.pad_token_id, cfg.eval_batch_size, accelerator)
+    n_suffix = len(target_affixes(tok, decoder_start_id(model))[1])
+    sums = dev_loss(model, dev, tok.pad_token_id, cfg.eval_batch_size, accelerator, n_suffix)
     total, lab, rat = sums.terms(weights)
     outputs = generate(model, tok, [inference_input(task, r) for r in records], cfg, accelerator)
     explanations = None
@@ -149,7 +153,12 @@ def evaluate(
         explanations = generate(
             model, tok, [explain_input(task, r) for r in records], cfg, accelerator
         )
-    metrics = {"eval_loss": total, "eval_loss_label": lab, "eval_loss_rationale": rat}
+    metrics = {
+        "eval_loss": total,  # what this run optimises: not comparable across formats/splits
+        "eval_loss_label": lab,
+        "eval_loss_rationale": rat,
+        "eval_loss_label_span": sums.means()[2],  # comparable: the label's own tokens
+    }
     metrics.update(score(task, records, outputs, explanations, is_uncased(tok)))
     model.train(was_training)
     return metrics

@@ -156,7 +156,7 @@ def results_markdown(results: list[dict[str, Any]]) -> str:
     metric = "ROUGE-L" if summ else "acc %"
     key = "eval_rougeL" if summ else "eval_accuracy"
     lines = [
-        f"| id | format | lr | split | seed | steps | best-loss step | eval loss | {metric} @loss "
+        f"| id | format | lr | split | seed | steps | best-loss step | label CE | {metric} @loss "
         f"| best-acc step | {metric} | coverage % | BLEU |",
         "|" + " --- |" * 13,
     ]
@@ -166,12 +166,18 @@ def results_markdown(results: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['id']} | {r['format']} | {format_lr(r['lr'])} | {split} | {r['seed']} "
             f"| {r['steps']}{' (early stop)' if r.get('early_stopped') else ''} "
-            f"| {_fmt(lo.get('step'))} | {_fmt(lo.get('eval_loss'))} | {_fmt(lo.get(key), not summ)} "
+            f"| {_fmt(lo.get('step'))} | {_fmt(lo.get('eval_loss_label_span'))} "
+            f"| {_fmt(lo.get(key), not summ)} "
             f"| {_fmt(ac.get('step'))} | {_fmt(ac.get(key), not summ)} "
             f"| {_fmt(ac.get('eval_coverage'), True)} | {_fmt(ac.get('eval_bleu'))} |"
         )
     note = (
-        "\nDev split only (the test split is never used here). Accuracy counts malformed outputs "
-        "as wrong; BLEU is sacrebleu corpus BLEU of generated vs teacher rationales.\n"
+        "\nDev split only (the test split is never used here). best-loss: the checkpoint of "
+        "lowest eval loss, the loss each run optimises (a baseline's mean CE over all tokens, a "
+        "split run's weighted sum of two span means), which differs between formats and splits; "
+        "label CE, shown instead, is the mean cross-entropy on the label's own tokens of the dev "
+        "targets (end token excluded), the same quantity in every row. Accuracy counts "
+        "malformed outputs as wrong; BLEU is rationale_bleu (sacrebleu corpus BLEU, no "
+        "smoothing) of generated vs teacher rationales.\n"
     )
     return "\n".join(lines) + "\n" + note

@@ -35,12 +35,42 @@ class TokenSums:
     label_n: int = 0
     rationale_sum: float = 0.0
     rationale_n: int = 0
+    span_sum: float = 0.0
+    span_n: int = 0
+    """The label's own tokens, the end token excluded: the same span in every format (the
+    end token is a label token in `label` targets but a rationale token after a rationale),
+    so its mean CE compares a baseline with split-loss runs."""
 
     def add(self, other: TokenSums) -> None:
         self.label_sum += other.label_sum
         self.label_n += other.label_n
         self.rationale_sum += other.rationale_sum
         self.rationale_n += other.rationale_n
+        self.span_sum += other.span_sum
+        self.span_n += other.span_n
+
+    def as_list(self) -> list[float]:
+        return [
+            self.label_sum,
+            self.label_n,
+            self.rationale_sum,
+            self.rationale_n,
+            self.span_sum,
+            self.span_n,
+        ]
+
+    @classmethod
+    def from_list(cls, v: list[float]) -> TokenSums:
+        return cls(v[0], int(v[1]), v[2], int(v[3]), v[4], int(v[5]))
+
+    def means(self) -> tuple[float | None, float | None, float | None]:
+        """(label, rationale, label span) mean CE; None for a span with no token (never an
+        average that counts a missing span as 0)."""
+        return (
+            self.label_sum / self.label_n if self.label_n else None,
+            self.rationale_sum / self.rationale_n if self.rationale_n else None,
+            self.span_sum / self.span_n if self.span_n else None,
+        )
 
     def terms(self, weights: tuple[float, float] | None) -> tuple[float, float, float]:
         """(total, label mean, rationale mean), combined as `split_loss` combines them."""
@@ -91,15 +121,24 @@ def split_loss(
     return LossTerms(total, label, rationale)
 
 
-def token_sums(logits: torch.Tensor, labels: torch.Tensor, tags: torch.Tensor) -> TokenSums:
-    """Summed CE and counts per span of one batch (for exact dev-set means)."""
+def token_sums(
+    logits: torch.Tensor, labels: torch.Tensor, tags: torch.Tensor, n_suffix: int = 1
+) -> TokenSums:
+    """Summed CE and counts per span of one batch (for exact means over many batches);
+    `n_suffix`: the end tokens closing every target, left out of the label span."""
     with torch.no_grad():
         ce = token_ce(logits, labels)
-        is_label = (tags == LABEL_TAG) & (labels != IGNORE)
-        is_rat = (tags == RATIONALE_TAG) & (labels != IGNORE)
+        real = labels != IGNORE
+        is_label = (tags == LABEL_TAG) & real
+        is_rat = (tags == RATIONALE_TAG) & real
+        pos = torch.arange(labels.shape[1], device=labels.device)[None, :]
+        end = real.sum(dim=1, keepdim=True) - n_suffix  # targets are right-padded
+        span = is_label & (pos < end)
         return TokenSums(
             float((ce * is_label).sum()),
             int(is_label.sum()),
             float((ce * is_rat).sum()),
             int(is_rat.sum()),
+            float((ce * span).sum()),
+            int(span.sum()),
         )

@@ -38,7 +38,7 @@ from protege.train.data import (
     load_examples,
 )
 from protege.train.dev_eval import evaluate
-from protege.train.loss import split_loss
+from protege.train.loss import TokenSums, split_loss, token_sums
 
 
 def set_seed(seed: int) -> None:
@@ -124,14 +124,18 @@ def refuse_selection_on_training_rows(cfg: TrainConfig, task, train, dev) -> Non
     )
 
 
-def local_batches(items, cfg: TrainConfig, epoch: int, rank: int, world: int) -> list[list[int]]:
+def local_batches(
+    items, cfg: TrainConfig, epoch: int, rank: int, world: int, groups=None
+) -> list[list[int]]:
     """This process's batches of one epoch: the same global order everywhere, dealt round-robin
     (trimmed to a multiple of the world size so every process takes the same number of steps).
     Fewer batches than processes would leave one without work, waiting for the others
     forever: that stops with an error, on every process alike."""
     src = [len(e.input_ids) for e in items]
     tgt = [len(e.target_ids) for e in items]
-    batches = length_grouped_batches(src, tgt, cfg.batch_size, cfg.seed, epoch, cfg.mega_batch)
+    batches = length_grouped_batches(
+        src, tgt, cfg.batch_size, cfg.seed, epoch, cfg.mega_batch, groups
+    )
     if len(batches) < world:
         raise ConfigError(
             f"train_data: {len(items)} examples make {len(batches)} batches of batch_size="
@@ -142,11 +146,15 @@ def local_batches(items, cfg: TrainConfig, epoch: int, rank: int, world: int) ->
     return batches[rank::world]
 
 
-def train_step(model, optimizer, scheduler, micro_batches, weights, accelerator, max_grad_norm):
-    """One optimizer step over `micro_batches` (gradient accumulation). Returns mean terms and
+def train_step(
+    model, optimizer, scheduler, micro_batches, weights, accelerator, max_grad_norm, n_suffix=1
+):
+    """One optimizer step over `micro_batches` (gradient accumulation). Returns the mean loss
+    optimised, the per-span token sums (so a term absent from a batch is missing, not 0) and
     the real target tokens seen."""
     unwrapped = accelerator.unwrap_model(model)
-    totals = torch.zeros(3)
+    total = 0.0
+    sums = TokenSums()
     tokens = 0
     for i, batch in enumerate(micro_batches):
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
@@ -160,14 +168,44 @@ def train_step(model, optimizer, scheduler, micro_batches, weights, accelerator,
             ).logits  # (B, T, V)
             terms = split_loss(logits, batch["labels"], batch["tags"], weights)
             accelerator.backward(terms.total / len(micro_batches))
-        totals += torch.stack([terms.total, terms.label, terms.rationale]).detach().float().cpu()
+        total += float(terms.total.detach()) / len(micro_batches)
+        sums.add(token_sums(logits.detach(), batch["labels"], batch["tags"], n_suffix))
         tokens += int((batch["tags"] > 0).sum())
     if max_grad_norm:
         accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return (totals / len(micro_batches)).tolist(), tokens
+    return total, sums, tokens
+
+
+def eval_steps(steps_per_epoch: int, evals_per_epoch: int, total_steps: int) -> set[int]:
+    """The steps evaluated at: `evals_per_epoch` evenly spaced points of every epoch, the last
+    one on the epoch's end (265 steps per epoch, 2 per epoch: 133, 265, 398, 530, ...), and
+    the final step. Never drifts off the epoch boundaries."""
+    per = max(1, steps_per_epoch)
+    k = min(evals_per_epoch, per)
+    within = {math.ceil(j * per / k) for j in range(1, k + 1)}
+    epochs = math.ceil(total_steps / per)
+    out = {e * per + w for e in range(epochs) for w in within}
+    return {s for s in out if s <= total_steps} | {total_steps}
+
+
+def window_losses(accelerator, step_totals: list[float], sums: TokenSums) -> dict[str, Any]:
+    """Train losses of the steps since the last evaluation, over ALL processes: the mean loss
+    optimised, and each term as a token mean over the batches that had it (None if none)."""
+    local = [sum(step_totals), len(step_totals), *sums.as_list()]
+    vec = torch.tensor(local, dtype=torch.float64, device=accelerator.device)
+    if accelerator.num_processes > 1:
+        vec = accelerator.reduce(vec, "sum")
+    v = vec.cpu().tolist()
+    lab, rat, span = TokenSums.from_list(v[2:]).means()
+    return {
+        "train_loss": v[0] / v[1] if v[1] else None,
+        "train_loss_label": lab,
+        "train_loss_rationale": rat,
+        "train_loss_label_span": span,
+    }
 
 
 def train_one(cfg: TrainConfig, out: Path, run_id: str, baseline: bool = False) -> dict[str, Any]:
@@ -204,10 +242,12 @@ def train_one(cfg: TrainConfig, out: Path, run_id: str, baseline: bool = False) 
     weights = None if task.format == "label" else (cfg.split[0], cfg.split[1])
     rank, world = accelerator.process_index, accelerator.num_processes
 
-    n_local = len(local_batches(train_enc, cfg, 0, rank, world))
+    groups = train.groups if task.format == "multitask" else None  # predict:+explain: rows
+    n_local = len(local_batches(train_enc, cfg, 0, rank, world, groups))
     steps_per_epoch = math.ceil(n_local / cfg.grad_accum)
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
-    eval_every = max(1, steps_per_epoch // cfg.evals_per_epoch)
+    evaluate_at = eval_steps(steps_per_epoch, cfg.evals_per_epoch, total_steps)
+    n_suffix = len(target_affixes(tok, start)[1])
 
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
@@ -243,33 +283,41 @@ def train_one(cfg: TrainConfig, out: Path, run_id: str, baseline: bool = False) 
         print(f"[{run_id}] resuming from step {step} (epoch {epoch}, batch {pos})")
 
     acc_key = "eval_rougeL" if task.type == "summarization" else "eval_accuracy"
-    since_eval: list[tuple[float, float, float]] = []  # (loss, label, rationale) per step
+    since_eval: list[float] = []  # loss optimised, per step since the last evaluation
+    sums_since_eval = TokenSums()  # per-span token sums of those steps
     tokens_since_eval, t0 = 0, time.perf_counter()
     stopped_early = False
     bar = tqdm(total=total_steps, initial=step, desc=run_id, disable=not main, dynamic_ncols=True)
     model.train()
     while step < total_steps and not stopped_early:
-        batches = local_batches(train_enc, cfg, epoch, rank, world)
+        batches = local_batches(train_enc, cfg, epoch, rank, world, groups)
         chunks = [batches[i : i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
         start = pos
         for pos in range(start, len(chunks)):  # noqa: B007 (pos is saved in last/)
             micro = [collate([train_enc[i] for i in b], tok.pad_token_id) for b in chunks[pos]]
             lr = scheduler.get_last_lr()[0]  # the rate this step uses
-            (loss, lab, rat), tokens = train_step(
-                model, optimizer, scheduler, micro, weights, accelerator, cfg.max_grad_norm
+            loss, sums, tokens = train_step(
+                model,
+                optimizer,
+                scheduler,
+                micro,
+                weights,
+                accelerator,
+                cfg.max_grad_norm,
+                n_suffix,
             )
             step += 1
-            since_eval.append((loss, lab, rat))
+            since_eval.append(loss)
+            sums_since_eval.add(sums)
             tokens_since_eval += tokens
-            steps_log.append(
+            lab, rat, _ = sums.means()  # None: this step had no such token
+            steps_log.append(  # this process's steps (the history reduces over all)
                 {"step": step, "loss": loss, "loss_label": lab, "loss_rationale": rat, "lr": lr}
             )
             tps = tokens_since_eval * world / max(1e-9, time.perf_counter() - t0)
             bar.update(1)
-            bar.set_postfix(
-                loss=f"{loss:.3f}", label=f"{lab:.3f}", rat=f"{rat:.3f}", tok_s=f"{tps:.0f}"
-            )
-            if step % eval_every and step != total_steps:
+            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:.0f}")
+            if step not in evaluate_at:
                 continue
             # ---- evaluate, log, checkpoint ----
             elapsed = time.perf_counter() - t0
@@ -278,14 +326,11 @@ def train_one(cfg: TrainConfig, out: Path, run_id: str, baseline: bool = False) 
                     torch.tensor(tokens_since_eval, device=accelerator.device), "sum"
                 )
             )
-            train_loss, train_label, train_rationale = np.mean(since_eval, axis=0).tolist()
             entry = {
                 "step": step,
                 "epoch": round(step / steps_per_epoch, 4),
                 **evaluate(unwrapped, tok, task, dev.records, dev_enc, weights, cfg, accelerator),
-                "train_loss": train_loss,
-                "train_loss_label": train_label,
-                "train_loss_rationale": train_rationale,
+                **window_losses(accelerator, since_eval, sums_since_eval),
                 "lr": lr,
                 "tokens_per_s": tokens_all / max(1e-9, elapsed),
             }
@@ -310,6 +355,7 @@ def train_one(cfg: TrainConfig, out: Path, run_id: str, baseline: bool = False) 
                 accelerator, {"step": step, "epoch": epoch, "pos": pos + 1}, out / "last"
             )
             since_eval, tokens_since_eval, t0 = [], 0, time.perf_counter()
+            sums_since_eval = TokenSums()
             if checkpoint.should_stop(history, cfg.patience):
                 stopped_early = True
             if stopped_early or step >= total_steps:
@@ -355,6 +401,7 @@ def _result_entry(
             "step",
             "epoch",
             "eval_loss",
+            "eval_loss_label_span",
             "eval_accuracy",
             "eval_coverage",
             "eval_bleu",
