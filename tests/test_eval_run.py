@@ -128,3 +128,17 @@ def test_seeds_are_aggregated_per_configuration():
     assert agg["test_accuracy"]["std"] == pytest.approx(0.02 * 2**0.5)
     assert agg["dev"]["mean"] == pytest.approx(0.55)
     assert agg["test_bleu"]["n"] == 0
+
+
+def test_dev_interval_counts_only_the_scored_rows(tmp_path):
+    from protege.evaluate.run_eval import _dev_metrics
+    from protege.evaluate.stats import wilson_ci
+
+    counts = {"records": 100, "examples": 80, "skipped_flagged": 15, "skipped_missing_rationale": 5}
+    for extra in ({}, {"scored": 80}):  # checkpoints written before and after "scored"
+        (tmp_path / "protege_meta.json").write_text(
+            json.dumps({"data": {"dev": {**counts, **extra}}})
+        )
+        dev = _dev_metrics({"eval_accuracy": 0.5, "path": "x"}, tmp_path)
+        assert (dev["n"], dev["n_unscored"]) == (80, 20)
+        assert dev["accuracy_ci"] == pytest.approx(list(wilson_ci(0.5, 80)))

@@ -205,13 +205,24 @@ def _weights_stamp(model_dir: Path) -> list[Any]:
 
 
 def _dev_metrics(best: dict[str, Any], model_dir: Path) -> dict[str, Any]:
-    """The checkpoint's dev scores from results.json, with the number of dev rows (from the
-    checkpoint's protege_meta.json) and a Wilson 95% interval on dev accuracy."""
+    """The checkpoint's dev scores from results.json, with the number of dev rows scored
+    (from the checkpoint's protege_meta.json) and a Wilson 95% interval on dev accuracy over
+    those rows only. Rows left out of dev (flagged teacher output, a missing rationale under
+    `missing_rationale: skip`) were never scored: they are not in the accuracy's denominator,
+    so not in the interval's `n` either; `n_unscored` counts them."""
     dev = {k: v for k, v in best.items() if k != "path"}
     meta_path = model_dir / "protege_meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    n = ((meta.get("data") or {}).get("dev") or {}).get("records")
+    counts = (meta.get("data") or {}).get("dev") or {}
+    n = counts.get("scored")
+    if n is None and counts.get("records") is not None:  # checkpoints from before "scored"
+        n = (
+            counts["records"]
+            - counts.get("skipped_flagged", 0)
+            - counts.get("skipped_missing_rationale", 0)
+        )
     dev["n"] = n
+    dev["n_unscored"] = counts["records"] - n if n is not None and "records" in counts else None
     if n and dev.get("eval_accuracy") is not None:
         dev["accuracy_ci"] = list(wilson_ci(dev["eval_accuracy"], n))
     return dev

@@ -147,7 +147,8 @@ def grid_section(run: RunFiles) -> Section:
     s.tables.append(Table(headers, rows))
     notes = [
         "dev = the selection metric recorded by training (its interval is a Wilson 95% "
-        "interval over the dev rows, as per-example dev scores are not kept); test = this "
+        "interval over the dev rows scored, as per-example dev scores are not kept; dev rows "
+        "left out as flagged or without a rationale are in neither); test = this "
         "evaluation, with a bootstrap 95% interval.",
     ]
     if cls:

@@ -59,6 +59,7 @@ class DataSummary:
     def counts(self) -> dict[str, int]:
         return {
             "records": self.n_records,
+            "scored": len(self.records),  # the rows dev metrics are computed over
             "examples": self.n_examples,
             "skipped_flagged": self.skipped_flagged,
             "skipped_missing_rationale": self.skipped_missing_rationale,
