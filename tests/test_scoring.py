@@ -123,3 +123,31 @@ def test_label_budget_reaches_every_label_and_the_whole_connector(name, forced_e
     assert budget == max(e.label_reach for e in encoded) + forced_eos
     label_only = Candidates.label_budget(TaskConfig(format="label"), tok, 101, forced_eos)
     assert label_only == Candidates.for_task(TaskConfig(format="label"), tok, 101).max_len
+
+
+def _free_greedy(table: dict[tuple[int, ...], dict[int, float]], max_len: int = 4) -> list[int]:
+    """Free greedy decoding over a hand-made next-token table (full vocabulary)."""
+    out: list[int] = []
+    while len(out) < max_len and tuple(out) in table:
+        nxt = table[tuple(out)]
+        out.append(max(nxt, key=nxt.get))
+        if out[-1] == 9:
+            break
+    return out
+
+
+def _candidate_logprobs(table, ids):
+    return [[table[tuple(c[:t])][c[t]] for t in range(len(c))] for c in ids]
+
+
+def test_greedy_rule_agrees_with_free_greedy_exactly_when_it_emits_a_candidate():
+    ids = [[1, 9], [2, 9]]  # label A, label B, each then eos (9)
+    # Free greedy emits [2, 9], candidate B's exact tokens: the rule picks B.
+    table = {(): {1: -2.0, 2: -0.5, 7: -1.0}, (1,): {9: -0.1}, (2,): {9: -0.1, 5: -3.0}}
+    assert _free_greedy(table) == [2, 9]
+    assert choose(ids, _candidate_logprobs(table, ids)) == 1
+    # Free greedy emits [7, 9], say "b" lowercased, which parse_output reads as label B too;
+    # not a candidate's tokens, so no guarantee: the rule picks A (token 1 beats token 2).
+    table = {(): {1: -1.0, 2: -2.0, 7: -0.5}, (1,): {9: -0.1}, (2,): {9: -0.1}, (7,): {9: 0.0}}
+    assert _free_greedy(table) == [7, 9]
+    assert choose(ids, _candidate_logprobs(table, ids)) == 0

@@ -11,10 +11,14 @@ rationale, so scoring the label alone is not valid there: those students generat
 
 Two rules turn per-token log-probs into a choice:
 
-- `greedy` (default): greedy decoding constrained to the candidates' token trie. If greedy
-  generation emits a candidate's tokens, each of them was the argmax of the full vocabulary,
-  hence also of the candidates' tokens, so this rule picks the same label whenever free
-  greedy generation produces a valid one, and never produces a malformed output otherwise.
+- `greedy` (default): greedy decoding constrained to the candidates' token trie. The exact
+  condition for agreeing with free greedy generation: if free greedy emits one candidate's
+  exact token sequence (the label as the trainer tokenizes it, then its end token), each of
+  those tokens was the argmax of the full vocabulary, hence also of the candidates' tokens,
+  and this rule picks that label. Free greedy output that *parses* to a label through other
+  tokens (another casing or tokenization, the label without its end token, a label followed
+  by more text) carries no such guarantee: the rule may then pick another label. It never
+  produces a malformed output.
 - `sum`: the candidate with the largest summed log-prob (the usual likelihood ranking).
 """
 
