@@ -4,7 +4,7 @@
 
 One prediction at a time on ANLI R1 dev inputs (../shared/data/anli-r1-emanli/dev.jsonl),
 with `protege:t5-small-random` (T5-small shape, 60M) as a `label` format student, first
-trained briefly (`--train-steps`, default 40, on other dev rows) so that its free greedy
+trained briefly (`--train-steps`, default 16, on other dev rows) so that its free greedy
 generation writes labels. "Same predictions" is checked two ways: (a) against free
 `generate` wherever that output parses (the number compared must be > 0, and is printed),
 and (b) against HF `generate` constrained to the label set (`prefix_allowed_tokens_fn`),
@@ -257,7 +257,7 @@ def brief_training(data: Path, skip: int, steps: int, work: Path) -> tuple[Path,
         batch_size=8,
         warmup_steps=max(1, steps // 8),
         evals_per_epoch=1,
-        max_source_len=256,
+        max_source_len=64,  # training only: a few seconds a step on a 2-core CPU
         mixed_precision="no",
         generation=GenerationConfig(max_new_tokens=8),
     )
@@ -273,7 +273,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1, help="CPU threads of each model runtime")
-    ap.add_argument("--train-steps", type=int, default=40, help="brief training of the student")
+    ap.add_argument("--train-steps", type=int, default=16, help="brief training of the student")
     ap.add_argument("--data", type=Path, default=DATA, help="ANLI R1 dev rows (JSONL)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
