@@ -303,14 +303,25 @@ def test_shipped_configs_never_select_on_training_rows(path):
     assert rows_a and rows_b and not rows_a & rows_b
 
 
-def test_train_refuses_to_select_on_training_rows(tmp_path):
+def test_train_refuses_to_select_on_training_rows(tmp_path, capsys):
     cfg = tiny_config(tmp_path)
     cfg.dev_data = cfg.train_data + "[:4]"
     with pytest.raises(ConfigError, match="4 inputs with train_data .* refused"):
         trainer.train_one(cfg, tmp_path / "run", "x")
     assert not (tmp_path / "run" / "DONE").exists()
+    train_file = cfg.train_data
+    rows = [json.loads(x) for x in Path(train_file).read_text().splitlines()]
+    half = tmp_path / "half.jsonl"  # 2 of the 4 dev inputs under other uids, and 4 new rows
+    half.write_text(
+        "".join(
+            json.dumps({**r, "uid": f"copy-{i}"}) + "\n" for i, r in enumerate(rows[:2] + rows[4:8])
+        )
+    )
+    cfg.train_data, cfg.max_steps = str(half), 1
+    trainer.train_one(cfg, tmp_path / "partial", "x")  # reported, not refused
+    assert "split hygiene: dev_data" in capsys.readouterr().out
+    cfg.train_data = train_file
     cfg.allow_dev_overlap = True
-    cfg.max_steps = 1
     result = trainer.train_one(cfg, tmp_path / "run", "x")
     assert result["steps"] == 1
     # max_new_tokens=4 cannot reach past " Explanation:" after "Contradiction": raised, recorded

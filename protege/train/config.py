@@ -105,7 +105,8 @@ class TrainConfig:
     max_dev_rows: int | None = None
     """Use only the first N dev rows (evaluation cost grows with generation)."""
     allow_dev_overlap: bool = False
-    """Train even when dev rows are training rows (same uid or input); refused by default.
+    """Train even when dev rows are training rows (a shared uid, or every dev input also a
+    training input); refused by default, a partial input overlap is only reported.
     `train_data` / `dev_data` take a row slice of a file: `dev.jsonl[:800]`, `dev.jsonl[800:]`."""
     eval_batch_size: int = 64
     """Examples per device per evaluation batch."""

@@ -25,7 +25,7 @@ import torch
 from protege.config import to_dict
 from protege.data.io import atomic_write_text, iter_jsonl, write_json
 from protege.errors import ConfigError
-from protege.formats import model_task_prefix
+from protege.formats import model_task_prefix, render_input
 from protege.student import load_student, set_decoding
 from protege.targets import decoder_start_id, target_affixes
 from protege.train import checkpoint
@@ -108,20 +108,27 @@ def generation_budget(cfg: TrainConfig, task, encoded) -> int:
 
 
 def refuse_selection_on_training_rows(cfg: TrainConfig, task, train, dev) -> None:
-    """Split hygiene in `protege train` itself: dev rows that are training rows (same uid, or
-    the same normalised input) would select checkpoints on what the student memorised."""
-    from protege.evaluate.hygiene import check_splits
+    """Split hygiene in `protege train` itself: dev rows that are training rows would select
+    checkpoints on what the student memorised. Refused when dev shares uids with training, or
+    when every dev input is a training input (the same rows without uids); a partial input
+    overlap (real datasets repeat some texts across splits) is reported on one line."""
+    from protege.evaluate.hygiene import check_splits, normalise_text
 
     found = check_splits({"train_data": train, "dev_data": dev}, task)
     if found["ok"] or cfg.allow_dev_overlap:
         return
     (pair,) = found["pairs"]
-    raise ConfigError(
+    inputs = {normalise_text(render_input(task, r)) for r in dev} - {""}
+    what = (
         f"dev_data {cfg.dev_data} shares {pair['same_uid']} uids and {pair['same_input']} "
-        f"inputs with train_data {cfg.train_data} (of {len(dev)} dev rows): selection on "
-        f"training rows is refused; use disjoint rows (e.g. data.jsonl[:800] and "
-        f"data.jsonl[800:]) or set allow_dev_overlap=true"
+        f"inputs with train_data {cfg.train_data} (of {len(dev)} dev rows)"
     )
+    if pair["same_uid"] or pair["same_input"] >= len(inputs):
+        raise ConfigError(
+            f"{what}: selection on training rows is refused; use disjoint rows (e.g. "
+            f"data.jsonl[:800] and data.jsonl[800:]) or set allow_dev_overlap=true"
+        )
+    print(f"split hygiene: {what}")
 
 
 def local_batches(
