@@ -196,7 +196,7 @@ def _call(cfg: GenerateConfig, requests: list, store: TeacherStore, n_cached: in
 
     tcfg = cfg.teacher
     budget = Budget(cfg.max_cost)
-    counts = {"ok": 0, "failed": 0, "skipped": 0}
+    counts = {"ok": 0, "failed": 0, "skipped": 0, "elsewhere": 0}
     total = len(requests) + n_cached
     columns = [
         TextColumn("teacher"),
@@ -208,7 +208,8 @@ def _call(cfg: GenerateConfig, requests: list, store: TeacherStore, n_cached: in
 
     def info() -> str:
         return (
-            f"done {counts['ok'] + n_cached} · cached {n_cached} · failed {counts['failed']} · "
+            f"done {counts['ok'] + n_cached + counts['elsewhere']} · cached {n_cached} · "
+            f"failed {counts['failed']} · "
             f"${budget.spent:.4f}"
         )
 

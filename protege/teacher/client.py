@@ -4,7 +4,8 @@
 reserves the call's worst-case cost against the budget, waits for the rpm/tpm limits, sends
 the request (async SDK, its own timeout) with the parameters the endpoint takes (`params.py`)
 and retries on 429, 5xx, timeouts, dropped connections and unreadable answers with exponential
-backoff and full jitter, honouring `Retry-After`. A 400 about a parameter teaches a rule and is
+backoff and full jitter, honouring `Retry-After`; the pace follows the limits the server states
+(`ratelimit.py`) and each request is leased in the store while in flight (`leases.py`). A 400 about a parameter teaches a rule and is
 retried once with it; a fatal answer (bad key, no such model, no credit: `failures.py`) stops the
 whole job. Every answer is committed to the store as it arrives (answers landing in the same
 event-loop tick share one commit); after the last try a request is recorded as failed with its
@@ -14,7 +15,6 @@ error.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import importlib
 import json
 import random
@@ -37,8 +37,10 @@ from protege.teacher.failures import (
     fatal_message,
 )
 from protege.teacher.keys import get_key
+from protege.teacher.leases import LeasedQueue, new_run_id, release, renew
 from protege.teacher.params import ParamRules
 from protege.teacher.prices import Pricing, usage_counts
+from protege.teacher.ratelimit import Pacer, retry_after
 from protege.teacher.store import Answer, TeacherStore
 
 MAX_BACKOFF_S = 60.0
@@ -51,6 +53,10 @@ class Request:
     key: str
     messages: list[dict[str, str]]
     worst_prompt_tokens: int
+    params: dict[str, Any] | None = None
+    """Canonical parameters of this request (its store key); None: the job's."""
+    est_tokens: int | None = None
+    """Prompt tokens as a server counts them against its tpm limit (None: worst case)."""
 
 
 @dataclass
@@ -60,6 +66,10 @@ class CallReport:
     ok: int = 0
     failed: int = 0
     skipped: int = 0
+    elsewhere: int = 0
+    """Answered by another process while this job ran (leased there, not paid here)."""
+    in_batch: int = 0
+    """Waiting in a Batch API job (`teacher.mode: batch` collects them): not sent here."""
     retries: int = 0
     cost_usd: float = 0.0
     latencies: list[float] = field(default_factory=list)
@@ -70,64 +80,19 @@ class CallReport:
 class RetryableError(Exception):
     """A try that may succeed later; `wait_s` is the server's Retry-After when it gave one."""
 
-    def __init__(self, message: str, wait_s: float | None = None):
+    def __init__(self, message: str, wait_s: float | None = None, headers: Any = None,
+                 status: int = 0):  # fmt: skip
         super().__init__(message)
-        self.wait_s = wait_s
+        self.wait_s, self.headers, self.status = wait_s, headers, status
 
 
 class RequestError(Exception):
     """An error answer that retrying as is cannot fix: a parameter to fix, a failed request, or
     a fatal one (`failures.classify`)."""
 
-    def __init__(self, error: ApiError, kind: str):
+    def __init__(self, error: ApiError, kind: str, headers: Any = None):
         super().__init__(str(error))
-        self.error, self.kind = error, kind
-
-
-class RateLimiter:
-    """A token bucket holding one second's worth; a request bigger than that waits for a full bucket."""
-
-    def __init__(self, per_minute: float):
-        self.rate = per_minute / 60.0
-        self.capacity = max(1.0, self.rate)
-        self.level = self.capacity
-        self.stamp = time.monotonic()
-        self.lock = asyncio.Lock()
-
-    async def acquire(self, amount: float = 1.0) -> None:
-        async with self.lock:
-            while True:
-                now = time.monotonic()
-                self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
-                self.stamp = now
-                need = min(amount, self.capacity)
-                if self.level >= need:
-                    self.level -= amount
-                    return
-                await asyncio.sleep((need - self.level) / self.rate)
-
-
-def retry_after(headers: Any) -> float | None:
-    """Seconds from `retry-after-ms` / `retry-after` (seconds or an HTTP date), if any."""
-    if headers is None:
-        return None
-    if ms := headers.get("retry-after-ms"):
-        try:
-            return float(ms) / 1000
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        parsed = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, parsed.timestamp() - time.time())
+        self.error, self.kind, self.headers = error, kind, headers
 
 
 def backoff(attempt: int, base_s: float, wait_s: float | None) -> float:
@@ -175,8 +140,11 @@ class ChatClient:
         except self.openai.OpenAIError:
             return None
 
-    async def once(self, messages: list[dict[str, str]], params: dict[str, Any]) -> dict[str, Any]:
-        """One try. Returns the parsed JSON body; raises RetryableError or RequestError."""
+    async def once(
+        self, messages: list[dict[str, str]], params: dict[str, Any]
+    ) -> tuple[dict[str, Any], Any]:
+        """One try. Returns the parsed JSON body and the response headers; raises
+        RetryableError or RequestError (each carrying the headers, where there was an answer)."""
         o = self.openai
         try:
             # The SDK's request path (auth, errors, timeouts) without its per-call TypedDict
@@ -188,11 +156,13 @@ class ChatClient:
                 options={"headers": self.headers},
             )
         except o.APIStatusError as e:
-            error = ApiError.from_sdk(e)
+            error, headers = ApiError.from_sdk(e), e.response.headers
             kind = classify(error)
             if kind == RETRY:
-                raise RetryableError(str(error), retry_after(e.response.headers)) from e
-            raise RequestError(error, kind) from e
+                raise RetryableError(
+                    str(error), retry_after(headers), headers, e.status_code
+                ) from e
+            raise RequestError(error, kind, headers) from e
         except o.APITimeoutError as e:
             raise RetryableError(f"timeout after {self.cfg.timeout_s:g}s") from e
         except o.APIConnectionError as e:
@@ -202,8 +172,10 @@ class ChatClient:
             choice = body["choices"][0]
             _ = choice["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError) as e:
-            raise RetryableError(f"unreadable answer: {type(e).__name__}: {e}") from e
-        return body
+            raise RetryableError(
+                f"unreadable answer: {type(e).__name__}: {e}", headers=raw.headers
+            ) from e
+        return body, raw.headers
 
 
 async def call_all(
@@ -215,24 +187,33 @@ async def call_all(
     on_answer: Callable[[str, Answer | None], None] = lambda kind, answer: None,
     pricing: Pricing | None = None,
     rules: ParamRules | None = None,
+    run_id: str | None = None,
+    params: dict[str, Any] | None = None,
+    extras: dict[str, Any] | None = None,
 ) -> CallReport:
     """Send every request (not already stored) once; store each answer as it arrives.
 
-    `on_answer(kind, answer)` is told of each outcome: "ok", "failed" or "skipped" (budget, or
-    not sent after a fatal answer). A fatal answer raises `TeacherFatal` once the requests in
-    flight have finished and everything answered is stored.
+    Each request is leased in the store before it is sent (`leases.py`), so a second process
+    on the same job sends only what this one does not hold. `params` are the job's canonical
+    parameters (the store key; default `cfg.params()`), `extras` go on the wire only (logprobs).
+    `on_answer(kind, answer)` is told of each outcome: "ok", "failed", "elsewhere" (answered by
+    another process) or "skipped" (budget, held by a batch, or not sent after a fatal answer).
+    A fatal answer raises `TeacherFatal` once the requests in flight have finished and
+    everything answered is stored.
     """
     report = CallReport()
-    queue = list(reversed(requests))
-    rpm = RateLimiter(cfg.rpm) if cfg.rpm else None
-    tpm = RateLimiter(cfg.tpm) if cfg.tpm else None
+    run_id = run_id or new_run_id()
+    work = LeasedQueue(
+        store, requests, run_id, cfg.lease_s, chunk=max(8, min(256, cfg.concurrency))
+    )
+    pacer = Pacer(cfg.rpm, cfg.tpm)
     pending: list[tuple[Answer, dict[str, Any]]] = []
     loop = asyncio.get_running_loop()
-    canonical = cfg.params()
+    job_params = cfg.params() if params is None else params
+    extras = extras or {}
     if rules is None:
         learned = store.param_rules(cfg.endpoint_url, cfg.model_name)
         rules = ParamRules(cfg.endpoint_url, cfg.model_name, cfg.is_openai, learned)
-    stop = False
     fatal: list[ApiError] = []
     unsent: list[Request] = []
 
@@ -243,32 +224,30 @@ async def call_all(
         if pending:
             batch = pending[:]
             pending.clear()
-            store.put_many(batch)
+            store.put_many(batch, owner=run_id)
 
-    def record(answer: Answer, messages: list[dict[str, str]], sent: dict[str, Any]) -> None:
+    def record(answer: Answer, req: Request, sent: dict[str, Any]) -> None:
         if not pending:
             loop.call_soon(flush)  # everything answered in this tick shares one commit
-        request = {"model": answer.model, "messages": messages, "params": canonical, "sent": sent}
+        request = {"model": answer.model, "messages": req.messages,
+                   "params": req.params or job_params, "sent": sent}  # fmt: skip
         pending.append((answer, request))
 
     async def worker() -> None:
-        nonlocal stop
-        while queue and not stop and not fatal:
-            req = queue.pop()
-            worst_tokens = req.worst_prompt_tokens + cfg.max_tokens
+        while not fatal and (req := await work.next()) is not None:
             worst = cost(req.worst_prompt_tokens, cfg.max_tokens)
             if not budget.reserve(worst):
-                stop = True  # nothing more may be sent without risking the budget
-                queue.append(req)
+                work.put_back(req)  # nothing more may be sent without risking the budget
+                work.close()
                 break
-            result = await call_one(req, worst_tokens)
+            result = await call_one(req)
             if result is None:  # a fatal answer: this request was not answered
                 budget.settle(worst, 0.0)
                 unsent.append(req)
                 continue
             answer, sent = result
             budget.settle(worst, answer.cost_usd)
-            record(answer, req.messages, sent)
+            record(answer, req, sent)
             if answer.status == "ok":
                 report.ok += 1
                 report.cost_usd += answer.cost_usd
@@ -278,25 +257,32 @@ async def call_all(
                 report.errors[req.key] = answer.error or ""
             on_answer(answer.status, answer)
 
-    async def call_one(req: Request, worst_tokens: int) -> tuple[Answer, dict[str, Any]] | None:
+    async def heartbeat() -> None:
+        while True:
+            await asyncio.sleep(cfg.lease_s / 3)
+            renew(store, run_id, cfg.lease_s)
+
+    async def call_one(req: Request) -> tuple[Answer, dict[str, Any]] | None:
         error, tries, fixes = "", 0, 0
+        canonical = {**(req.params or job_params), **extras}
         params = rules.apply(canonical)
+        tokens = (req.est_tokens or req.worst_prompt_tokens) + cfg.max_tokens
         while tries <= cfg.max_retries and not fatal:
-            if rpm:
-                await rpm.acquire(1)
-            if tpm:
-                await tpm.acquire(worst_tokens)
+            await pacer.acquire(tokens)
             params = rules.apply(canonical)
             start = time.monotonic()
             try:
-                body = await client.once(req.messages, params)
+                body, headers = await client.once(req.messages, params)
+                pacer.observe(headers)
             except RetryableError as e:
+                pacer.observe(e.headers, e.status)
                 error, tries = str(e), tries + 1
                 if tries <= cfg.max_retries:
                     report.retries += 1
                     await asyncio.sleep(backoff(tries - 1, cfg.backoff_s, e.wait_s))
                 continue
             except RequestError as e:
+                pacer.observe(e.headers, e.error.status)
                 if e.kind == FIX and fixes < len(canonical):
                     fix = rules.learn(e.error.as_dict())
                     if fix:
@@ -309,7 +295,7 @@ async def call_all(
                     fatal.append(e.error)
                     return None
                 failed = Answer(req.key, cfg.model_name, "failed", error=str(e),
-                                attempts=tries + fixes + 1)  # fmt: skip
+                                attempts=tries + fixes + 1, run_id=run_id)  # fmt: skip
                 return failed, params
             latency = time.monotonic() - start
             choice = body["choices"][0]
@@ -329,19 +315,29 @@ async def call_all(
                 created_at=time.time(),
                 cached_tokens=cached,
                 reasoning_tokens=reasoning,
+                run_id=run_id,
+                logprobs=token_logprobs(choice),
             )
             return answer, params
         if fatal:
             return None
-        failed = Answer(req.key, cfg.model_name, "failed", attempts=tries + fixes,
+        failed = Answer(req.key, cfg.model_name, "failed", attempts=tries + fixes, run_id=run_id,
                         error=f"{error} (after {cfg.max_retries + 1} tries)")  # fmt: skip
         return failed, params
 
+    beat = asyncio.ensure_future(heartbeat())
     try:
-        await asyncio.gather(*(worker() for _ in range(min(cfg.concurrency, len(requests)))))
+        n_workers = min(cfg.concurrency, len(requests)) or 1
+        await asyncio.gather(*(worker() for _ in range(n_workers)))
     finally:
+        beat.cancel()
         flush()
-    report.skipped = len(queue) + len(unsent)
+        release(store, run_id)
+    report.elsewhere = len(work.done)
+    report.in_batch = len(work.in_batch)
+    for _ in range(report.elsewhere):
+        on_answer("elsewhere", None)
+    report.skipped = work.left() + len(unsent)
     for _ in range(report.skipped):
         on_answer("skipped", None)
     if fatal:
@@ -352,6 +348,15 @@ async def call_all(
             "a rerun sends only what is missing)"
         )
     return report
+
+
+def token_logprobs(choice: dict[str, Any]) -> str | None:
+    """The answer's tokens and their log-probabilities as compact JSON, where returned."""
+    content = (choice.get("logprobs") or {}).get("content")
+    if not content:
+        return None
+    pairs = [[t.get("token", ""), t.get("logprob")] for t in content]
+    return json.dumps(pairs, ensure_ascii=False, separators=(",", ":"))
 
 
 @contextmanager

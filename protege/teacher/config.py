@@ -58,12 +58,34 @@ class TeacherConfig:
     prices: dict[str, dict[str, float]] = field(default_factory=dict)
     """Your prices, model -> {"input": $, "output": $, "cached_input": $} per 1M tokens; they
     override the `genai-prices` table (e.g. `teacher.prices.my-model={input: 0.1, output: 0.4}`)."""
+    mode: Literal["online", "batch"] = "online"
+    """`online`: one request per prompt, answered at once; `batch`: the endpoint's Batch API
+    (`/v1/files` + `/v1/batches`), answered within 24 h at the batch price (OpenAI: half)."""
+    lease_s: float = 60.0
+    """How long a request in flight stays leased to this process without a heartbeat: another
+    process on the same job leaves it alone meanwhile, and takes it over once it expires."""
+    batch_poll_s: float = 30.0
+    """Batch mode: first wait between status checks; grows by half each time, up to 10 min."""
+    batch_max_requests: int = 50_000
+    """Batch mode: requests per batch (OpenAI's limit: 50,000); larger jobs are split."""
+    batch_max_bytes: int = 200_000_000
+    """Batch mode: bytes per batch input file (OpenAI's limit: 200 MB)."""
+    logprobs: bool = True
+    """Ask for token log-probabilities where the recipe reads a confidence from them (label);
+    an endpoint that refuses them is learned once and asked no more."""
+    self_consistency: int = 1
+    """label recipe: ask k times (seeds seed..seed+k-1) and keep the majority label, with the
+    share of agreeing answers as its confidence (for endpoints without logprobs)."""
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError("concurrency: must be at least 1")
         if self.max_retries < 0:
             raise ValueError("max_retries: must be 0 or more")
+        if self.self_consistency < 1:
+            raise ValueError("self_consistency: must be at least 1")
+        if not 1 <= self.batch_max_requests <= 50_000:
+            raise ValueError("batch_max_requests: must be between 1 and 50000")
 
     @property
     def model_name(self) -> str:

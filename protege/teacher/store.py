@@ -78,10 +78,66 @@ def _m003_usage_details_and_param_rules(db: sqlite3.Connection) -> None:
     )
 
 
+def _m004_leases_runs_batches_cap(db: sqlite3.Connection) -> None:
+    # Leases: a request in flight belongs to one owner (a process's run, or a batch) until its
+    # answer is stored or the lease expires (`leases.py`). Runs: who paid for what (stats by
+    # run, the spending cap). Claims: spend a live run or batch may still add (the cap).
+    # Batches: Batch API jobs recorded before they are waited for (`batch.py`).
+    db.execute(
+        """CREATE TABLE leases (
+            key TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,               -- a run id, or batch:<id>
+            expires_at REAL NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX leases_owner ON leases(owner)")
+    db.execute("ALTER TABLE responses ADD COLUMN run_id TEXT")
+    db.execute("ALTER TABLE responses ADD COLUMN logprobs TEXT")
+    db.execute(
+        """CREATE TABLE runs (
+            id TEXT PRIMARY KEY, label TEXT, pid INTEGER, started_at REAL NOT NULL
+        )"""
+    )
+    db.execute("CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute(
+        """CREATE TABLE claims (
+            owner TEXT PRIMARY KEY,            -- a run id, or batch:<id>
+            amount REAL NOT NULL,              -- dollars it may still add to the store's spend
+            expires_at REAL NOT NULL
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE batches (
+            id TEXT PRIMARY KEY,               -- protege's id, sent as metadata.protege_batch
+            endpoint TEXT NOT NULL,
+            model TEXT NOT NULL,
+            run_id TEXT,
+            remote_id TEXT,                    -- the endpoint's batch id, once created
+            input_file_id TEXT,
+            status TEXT NOT NULL,              -- new | validating ... completed | collected
+            output_file_id TEXT,
+            error_file_id TEXT,
+            n INTEGER NOT NULL,
+            attempt INTEGER NOT NULL DEFAULT 1,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE batch_requests (
+            batch_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            request TEXT NOT NULL,             -- the stored request JSON (model, messages ...)
+            PRIMARY KEY (batch_id, key)
+        )"""
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _m001_responses,
     _m002_source,
     _m003_usage_details_and_param_rules,
+    _m004_leases_runs_batches_cap,
 ]
 
 
@@ -107,11 +163,16 @@ class Answer:
     """Input tokens served from the prompt cache (part of input_tokens, billed cheaper)."""
     reasoning_tokens: int | None = None
     """Hidden reasoning tokens (part of output_tokens, billed as output)."""
+    run_id: str | None = None
+    """The run (or batch:<id>) that paid for it."""
+    logprobs: str | None = None
+    """The answer's token log-probabilities, JSON [[token, logprob], ...], where returned."""
 
 
 _COLUMNS = (
     "key, model, status, text, finish_reason, input_tokens, output_tokens, cost_usd, latency_s, "
-    "system_fingerprint, error, attempts, created_at, source, cached_tokens, reasoning_tokens"
+    "system_fingerprint, error, attempts, created_at, source, cached_tokens, reasoning_tokens, "
+    "run_id, logprobs"
 )
 
 
@@ -168,15 +229,18 @@ class TeacherStore:
         """Record one answer and commit at once. A failure never overwrites an ok answer."""
         self.put_many([(answer, request)])
 
-    def put_many(self, items: list[tuple[Answer, dict[str, Any]]]) -> None:
-        """Record answers in one transaction (one commit for everything that arrived together)."""
+    def put_many(
+        self, items: list[tuple[Answer, dict[str, Any]]], owner: str | None = None, extra=None
+    ) -> None:
+        """Record answers in one transaction (one commit for everything that arrived together),
+        ending `owner`'s leases on them; `extra(db)` runs inside the same transaction."""
         now = time.time()
         rows = [
             (
                 a.key, a.model, json.dumps(req, ensure_ascii=False), a.status, a.text,
                 a.finish_reason, a.input_tokens, a.output_tokens, a.cost_usd, a.latency_s,
                 a.system_fingerprint, a.error, a.attempts, a.created_at or now, now, a.source,
-                a.cached_tokens, a.reasoning_tokens,
+                a.cached_tokens, a.reasoning_tokens, a.run_id, a.logprobs,
             )
             for a, req in items
         ]  # fmt: skip
@@ -185,8 +249,9 @@ class TeacherStore:
             self.db.executemany(
                 """INSERT INTO responses (key, model, request, status, text, finish_reason,
                     input_tokens, output_tokens, cost_usd, latency_s, system_fingerprint, error,
-                    attempts, created_at, updated_at, source, cached_tokens, reasoning_tokens)
-                VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+                    attempts, created_at, updated_at, source, cached_tokens, reasoning_tokens,
+                    run_id, logprobs)
+                VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
                 ON CONFLICT(key) DO UPDATE SET
                     status=excluded.status, text=excluded.text,
                     finish_reason=excluded.finish_reason, input_tokens=excluded.input_tokens,
@@ -196,10 +261,17 @@ class TeacherStore:
                     error=excluded.error, attempts=responses.attempts + excluded.attempts,
                     created_at=excluded.created_at, updated_at=excluded.updated_at,
                     source=excluded.source, cached_tokens=excluded.cached_tokens,
-                    reasoning_tokens=excluded.reasoning_tokens
+                    reasoning_tokens=excluded.reasoning_tokens, run_id=excluded.run_id,
+                    logprobs=excluded.logprobs
                 WHERE responses.status != 'ok'""",
                 rows,
             )
+            if owner is not None:
+                self.db.executemany(
+                    "DELETE FROM leases WHERE key=? AND owner=?", [(a.key, owner) for a, _ in items]
+                )
+            if extra is not None:
+                extra(self.db)
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")

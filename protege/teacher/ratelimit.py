@@ -1,0 +1,205 @@
+"""Pacing requests and tokens to the limits the server states, never above the configured ones.
+
+OpenAI (and most compatible servers) send on every answer, 429s included:
+
+    x-ratelimit-limit-requests / -tokens        the account's limits per minute
+    x-ratelimit-remaining-requests / -tokens    what is left now
+    x-ratelimit-reset-requests / -tokens        when it is back to the limit ("6m0s", "20ms")
+
+`Pacer` keeps a token bucket for requests and one for tokens. Their rates start at the
+configured `rpm` / `tpm` (None: unlimited) and drop to `SAFETY` of the server's stated limit
+when that is lower: configured limits stay upper bounds. Until the first answer says what the
+limits are, one request is in flight (a 512-wide first burst into an unknown limit is a storm
+of 429s); an answer without headers (llama.cpp, vLLM) lifts that at once. A 429 pauses every
+sender for its Retry-After (or until the stated reset), and `remaining` at 0 waits for `reset`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+SAFETY = 0.95
+"""Share of the server's limit to aim at: its bucket and ours never tick in step."""
+
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def parse_duration(text: str | None) -> float | None:
+    """Seconds in a reset header: `1s`, `6m0s`, `20ms`, `1h2m3.5s`, or a bare number of
+    seconds; None if unreadable."""
+    if not text:
+        return None
+    text = text.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    parts = _PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+@dataclass
+class ServerLimits:
+    """What one answer's headers say (None where a header is absent or unreadable)."""
+
+    limit_requests: float | None = None
+    limit_tokens: float | None = None
+    remaining_requests: float | None = None
+    remaining_tokens: float | None = None
+    reset_requests_s: float | None = None
+    reset_tokens_s: float | None = None
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str] | None) -> ServerLimits:
+        if not headers:
+            return cls()
+
+        def num(name: str) -> float | None:
+            try:
+                return float(headers.get(f"x-ratelimit-{name}"))
+            except (TypeError, ValueError):
+                return None
+
+        return cls(
+            num("limit-requests"),
+            num("limit-tokens"),
+            num("remaining-requests"),
+            num("remaining-tokens"),
+            parse_duration(headers.get("x-ratelimit-reset-requests")),
+            parse_duration(headers.get("x-ratelimit-reset-tokens")),
+        )
+
+    @property
+    def known(self) -> bool:
+        return self.limit_requests is not None or self.limit_tokens is not None
+
+
+class RateLimiter:
+    """A token bucket holding one second's worth; a request bigger than that waits for a full
+    bucket. `rate` (per second) may change while it runs."""
+
+    def __init__(self, per_minute: float):
+        self.set_rate(per_minute)
+        self.level = self.capacity
+        self.stamp = time.monotonic()
+        self.lock = asyncio.Lock()
+        self.blocked_until = 0.0
+
+    def set_rate(self, per_minute: float) -> None:
+        self.per_minute = per_minute
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate)
+        if hasattr(self, "level"):
+            self.level = min(self.level, self.capacity)
+
+    def block(self, seconds: float) -> None:
+        """Send nothing more for `seconds` (a 429, or nothing remaining until a reset)."""
+        self.blocked_until = max(self.blocked_until, time.monotonic() + seconds)
+        self.level = min(self.level, 0.0)
+
+    async def acquire(self, amount: float = 1.0) -> None:
+        async with self.lock:
+            while True:
+                now = time.monotonic()
+                if now < self.blocked_until:
+                    await asyncio.sleep(self.blocked_until - now)
+                    self.stamp = time.monotonic()
+                    continue
+                self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+                self.stamp = now
+                need = min(amount, self.capacity)
+                if self.level >= need:
+                    self.level -= amount
+                    return
+                await asyncio.sleep((need - self.level) / self.rate)
+
+
+class Pacer:
+    """Requests and tokens per minute: the configured caps, lowered to what the server states."""
+
+    def __init__(self, rpm: float | None, tpm: float | None, learn: bool = True):
+        self.rpm_cap, self.tpm_cap = rpm, tpm
+        self.requests = RateLimiter(rpm) if rpm else None
+        self.tokens = RateLimiter(tpm) if tpm else None
+        self.learn = learn
+        self.known = asyncio.Event()
+        if not learn:
+            self.known.set()
+        self.probing = False
+        self.limits = ServerLimits()
+
+    async def acquire(self, tokens: float) -> None:
+        """Wait until one request of `tokens` tokens may be sent."""
+        if not self.known.is_set():
+            if self.probing:
+                await self.known.wait()
+            else:
+                self.probing = True  # this request is the probe: the others wait for its answer
+        if self.requests:
+            await self.requests.acquire(1)
+        if self.tokens:
+            await self.tokens.acquire(tokens)
+
+    def observe(self, headers: Mapping[str, str] | None, status: int = 200) -> None:
+        """Learn from one answer's headers (None: no answer at all, e.g. a dropped connection)."""
+        limits = ServerLimits.from_headers(headers)
+        if limits.known:
+            self.limits = limits
+            self.requests = self._tighten(self.requests, self.rpm_cap, limits.limit_requests)
+            self.tokens = self._tighten(self.tokens, self.tpm_cap, limits.limit_tokens)
+            for bucket, left, reset in (
+                (self.requests, limits.remaining_requests, limits.reset_requests_s),
+                (self.tokens, limits.remaining_tokens, limits.reset_tokens_s),
+            ):
+                if bucket and left is not None and left < 1 and reset:
+                    bucket.block(reset)
+        if status == 429 and headers is not None:
+            wait = retry_after(headers)
+            for bucket in (self.requests, self.tokens):
+                if bucket and wait:
+                    bucket.block(wait)
+        self.known.set()
+
+    def _tighten(
+        self, bucket: RateLimiter | None, cap: float | None, stated: float | None
+    ) -> RateLimiter | None:
+        if not self.learn or stated is None or stated <= 0:
+            return bucket
+        rate = stated * SAFETY if cap is None else min(cap, stated * SAFETY)
+        if bucket is None:
+            return RateLimiter(rate)
+        if abs(bucket.per_minute - rate) > 1e-9:
+            bucket.set_rate(rate)
+        return bucket
+
+
+def retry_after(headers: Any) -> float | None:
+    """Seconds from `retry-after-ms` / `retry-after` (seconds or an HTTP date), if any."""
+    if headers is None:
+        return None
+    if ms := headers.get("retry-after-ms"):
+        try:
+            return float(ms) / 1000
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, parsed.timestamp() - time.time())

@@ -1,0 +1,72 @@
+"""Never paying twice across processes: leases in the store, and two real `protege generate`
+processes on one job against the API replica."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+from protege.data.samples import sample_path
+from protege.teacher.leases import lease, new_run_id, owner_alive, release, renew
+from protege.teacher.store import Answer, TeacherStore
+
+
+def test_lease_takes_free_keys_skips_answered_and_waits_for_live_owners(teacher_db):
+    with TeacherStore() as store:
+        store.put(Answer("done", "m", "ok", text="x"), {})
+        a = lease(store, ["k1", "k2", "done"], "host-a", ttl_s=60)
+        assert (a.mine, a.done, a.busy) == (["k1", "k2"], ["done"], {})
+        b = lease(store, ["k1", "k3"], "host-b", ttl_s=60)
+        assert b.mine == ["k3"] and set(b.busy) == {"k1"} and b.owners["k1"] == "host-a"
+        # storing an answer ends its owner's lease in the same transaction
+        store.put_many([(Answer("k1", "m", "ok", text="y"), {})], owner="host-a")
+        assert lease(store, ["k1"], "host-b", ttl_s=60).done == ["k1"]
+        # an expired lease is taken over; a renewed one is not
+        lease(store, ["k4"], "host-a", ttl_s=-1)
+        assert lease(store, ["k4"], "host-b", ttl_s=60).mine == ["k4"]
+        renew(store, "host-b", ttl_s=60)
+        assert set(lease(store, ["k3", "k4"], "host-a", ttl_s=60).busy) == {"k3", "k4"}
+        release(store, "host-b")
+        assert lease(store, ["k3", "k4"], "host-a", ttl_s=60).mine == ["k3", "k4"]
+
+
+def test_a_dead_process_on_this_host_loses_its_leases_at_once(teacher_db):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    owner = f"{socket.gethostname()}-{dead}-deadbeef"
+    assert not owner_alive(owner) and owner_alive(new_run_id())
+    assert owner_alive("other-host-1-x")  # another machine's run: only its expiry tells
+    with TeacherStore() as store:
+        lease(store, ["k"], owner, ttl_s=3600)
+        assert lease(store, ["k"], new_run_id(), ttl_s=60).mine == ["k"]
+
+
+def _generate(server, output, n: int) -> subprocess.Popen:
+    cmd = [
+        sys.executable, "-m", "protege", "generate", "--recipe", "explain",
+        "--input", str(sample_path("nli", "train")), "--limit", str(n), "--output", str(output),
+        "--teacher", "openai", "--model", "fake-model", "--base-url", server.base_url,
+        "--concurrency", "8",
+    ]  # fmt: skip
+    return subprocess.Popen(cmd, env=dict(os.environ), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def test_two_processes_on_one_job_pay_for_each_prompt_once(fake_openai, tmp_path):
+    fake_openai.latency = 0.05
+    n = 80
+    jobs = [_generate(fake_openai, tmp_path / f"out{i}.jsonl", n) for i in range(2)]
+    for job in jobs:
+        assert job.wait(120) == 0, job.stdout.read().decode()
+    sent = [json.dumps(e["body"]["messages"]) for e in fake_openai.log]
+    assert len(sent) == len(set(sent)) == n  # every prompt sent once, by one of the two
+    rows = [[json.loads(x) for x in open(tmp_path / f"out{i}.jsonl")] for i in range(2)]
+    assert len(rows[0]) == len(rows[1]) == n
+    assert [r["rationale"] for r in rows[0]] == [r["rationale"] for r in rows[1]]
+    with TeacherStore() as store:
+        runs = store.db.execute("SELECT COUNT(DISTINCT run_id) FROM responses").fetchone()[0]
+        assert store.db.execute("SELECT COUNT(*) FROM leases").fetchone()[0] == 0
+    assert runs == 2  # both took part
