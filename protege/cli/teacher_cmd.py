@@ -77,12 +77,14 @@ def _print_result(r) -> None:
             ("calls to make", r.n_requests - r.n_cached),
             ("est. input tokens", r.est_input_tokens),
             ("max output tokens", r.est_output_tokens),
-            ("est. cost (upper bound)", _cost(r)),
+            ("est. cost online (upper bound)", _cost(r, r.est_cost_usd)),
+            ("est. cost batch (upper bound)", _cost(r, r.est_batch_cost_usd)),
         ]
     else:
         latency = f"{r.mean_latency_s:.3f}s" if r.mean_latency_s is not None else "-"
         rows += [
             ("calls made", f"{r.n_calls} ({r.n_retries} retries)"),
+            ("answered by another process", r.n_elsewhere),
             ("failed (rerun to retry)", r.n_failed),
             ("skipped (budget)", r.n_skipped),
             ("flagged", r.n_flagged),
@@ -100,10 +102,10 @@ def _print_result(r) -> None:
         console.print(f"[yellow]learned from the endpoint:[/yellow] {rule}")
 
 
-def _cost(r) -> str:
-    if r.est_cost_usd is None:
+def _cost(r, dollars: float | None) -> str:
+    if dollars is None:
         return "unknown price (set teacher.prices.<model>.input/output, $ per 1M tokens)"
-    return f"${r.est_cost_usd:.4f} ({r.price_source})"
+    return f"${dollars:.4f} ({r.price_source})"
 
 
 @click.group("teacher")

@@ -74,6 +74,10 @@ class GenerateResult:
     est_cost_usd: float | None = None
     """Dry-run estimate for the prompts not yet answered (an upper bound on output); None when
     the model's price is unknown."""
+    est_batch_cost_usd: float | None = None
+    """The same estimate at the Batch API price (`teacher.mode: batch`)."""
+    n_elsewhere: int = 0
+    """Prompts answered by another process on the same job while this one ran (not paid here)."""
     price_source: str | None = None
     """Where the price came from: config, genai-prices, free (local/replay); None: unknown."""
     learned: list[str] = field(default_factory=list)

@@ -8,7 +8,6 @@ replay teacher refuses instead); then write every answered record, atomically.
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import json
 from pathlib import Path
@@ -26,9 +25,10 @@ from protege.data.io import (
 )
 from protege.errors import ConfigError, DataError
 from protege.formats import normalise_label
+from protege.generate.calls import send
 from protege.generate.config import GenerateConfig, GenerateResult
 from protege.generate.recipes import Recipe, Template, get_recipe
-from protege.teacher.cost import Budget, estimate_prompt_tokens, worst_prompt_tokens
+from protege.teacher.cost import estimate_prompt_tokens, worst_prompt_tokens
 from protege.teacher.prices import pricing, unknown_price
 from protege.teacher.replay import replay_miss
 from protege.teacher.store import Answer, TeacherStore, request_key
@@ -110,6 +110,9 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
         result.price_source = price.source if price else None
         if price:
             result.est_cost_usd = price.cost(result.est_input_tokens, result.est_output_tokens)
+            result.est_batch_cost_usd = price.cost(
+                result.est_input_tokens, result.est_output_tokens, batch=True
+            )
         if cfg.dry_run:
             return result
         if todo and tcfg.kind == "replay":
@@ -120,7 +123,7 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
             raise unknown_price(tcfg)
         if todo:
             requests = [Request(k, distinct[k], worst_prompt_tokens(distinct[k])) for k in todo]
-            report = _call(cfg, requests, store, result.n_cached, price)
+            report = send(cfg, requests, store, result.n_cached, price)
             result.n_calls = report.ok + report.failed
             result.n_retries = report.retries
             result.cost_usd = report.cost_usd
@@ -128,6 +131,7 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
                 result.mean_latency_s = sum(report.latencies) / len(report.latencies)
             result.errors = list(dict.fromkeys(report.errors.values()))[:5]
             result.learned = report.learned
+            result.n_elsewhere = report.elsewhere
             stored = store.get_many(distinct)
         done = {k for k in todo if k in stored and stored[k].status == "ok"}
 
@@ -186,49 +190,6 @@ def _output_record(
         "source": answer.source,
     }
     return row
-
-
-def _call(cfg: GenerateConfig, requests: list, store: TeacherStore, n_cached: int, price):
-    """Send `requests` with a live progress bar (done / cached / failed / cost)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from protege.teacher.client import ChatClient, call_all, endpoint
-
-    tcfg = cfg.teacher
-    budget = Budget(cfg.max_cost)
-    counts = {"ok": 0, "failed": 0, "skipped": 0, "elsewhere": 0}
-    total = len(requests) + n_cached
-    columns = [
-        TextColumn("teacher"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-    ]
-
-    def info() -> str:
-        return (
-            f"done {counts['ok'] + n_cached + counts['elsewhere']} · cached {n_cached} · "
-            f"failed {counts['failed']} · "
-            f"${budget.spent:.4f}"
-        )
-
-    with Progress(*columns, disable=not cfg.progress) as bar:
-        task = bar.add_task("teacher", total=total, completed=n_cached, info=info())
-
-        def on_answer(kind: str, answer: Answer | None) -> None:
-            counts[kind] += 1
-            bar.update(task, advance=1, info=info())
-
-        async def go():
-            client = ChatClient(tcfg, base_url, api_key)
-            try:
-                return await call_all(requests, tcfg, client, store, budget, on_answer, price)
-            finally:
-                await client.close()
-
-        with endpoint(tcfg) as (base_url, api_key):
-            return asyncio.run(go())
 
 
 def result_line(result: GenerateResult) -> str:

@@ -190,6 +190,7 @@ async def call_all(
     run_id: str | None = None,
     params: dict[str, Any] | None = None,
     extras: dict[str, Any] | None = None,
+    progress: Callable[[str], None] = lambda line: None,
 ) -> CallReport:
     """Send every request (not already stored) once; store each answer as it arrives.
 

@@ -62,8 +62,9 @@ class Leased:
     """Who holds each busy key."""
 
 
-def lease(store: TeacherStore, keys: Iterable[str], owner: str, ttl_s: float) -> Leased:
-    """Lease every key of `keys` that has no good answer and no live lease, in one transaction."""
+def lease(store: TeacherStore, keys: Iterable[str], owner: str, ttl_s: float, then=None) -> Leased:
+    """Lease every key of `keys` that has no good answer and no live lease, in one transaction;
+    `then(db, mine)` runs inside it (a batch records itself with the keys it got)."""
     keys = list(dict.fromkeys(keys))
     out = Leased()
     now = time.time()
@@ -106,6 +107,8 @@ def lease(store: TeacherStore, keys: Iterable[str], owner: str, ttl_s: float) ->
                 "DO UPDATE SET owner=excluded.owner, expires_at=excluded.expires_at",
                 take,
             )
+        if then is not None:
+            then(db, out.mine)
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
@@ -146,12 +149,12 @@ class LeasedQueue:
     """
 
     def __init__(self, store: TeacherStore, items: list, owner: str, ttl_s: float,
-                 chunk: int = 64, poll_s: float = 0.5):  # fmt: skip
+                 chunk: int = 64, poll_s: float = 0.5, on_wait=lambda n: None):  # fmt: skip
         self.store, self.owner, self.ttl_s = store, owner, ttl_s
         self.todo = list(reversed(items))
         self.ready: list = []
         self.waiting: dict[str, object] = {}
-        self.chunk, self.poll_s = chunk, poll_s
+        self.chunk, self.poll_s, self.on_wait = chunk, poll_s, on_wait
         self.done: list[str] = []
         self.in_batch: list = []  # held by a Batch API job: `teacher.mode: batch` collects them
         self.closed = False
@@ -202,6 +205,7 @@ class LeasedQueue:
                 return None
             async with self._wait_lock:  # one worker polls for everyone
                 if self.waiting and not self.ready and not self.todo:
+                    self.on_wait(len(self.waiting))
                     await asyncio.sleep(self.poll_s)
                     self._take(list(self.waiting.values()))
         return None

@@ -19,6 +19,9 @@ from protege.errors import ConfigError
 from protege.teacher.config import TeacherConfig
 
 FREE_KINDS = ("local", "replay")
+BATCH_SHARE = 0.5
+"""A Batch API answer costs this share of the online price where the table has no batch price
+of its own (OpenAI: "50% cost discount"); genai-prices' batch prices are used where listed."""
 
 
 @dataclass(frozen=True)
@@ -32,17 +35,21 @@ class Pricing:
     cached_input: float | None = None
     _lookup: Any = None  # genai-prices' calculation, which knows tiers and cache rates
 
-    def cost(self, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> float:
+    def cost(
+        self, input_tokens: int, output_tokens: int, cached_tokens: int = 0, batch: bool = False
+    ) -> float:
+        """Dollars for one call; `batch`: answered through the Batch API."""
         if self.source == "free":
             return 0.0
         cached_tokens = min(cached_tokens, input_tokens)
         if self._lookup is not None:
-            return self._lookup(input_tokens, output_tokens, cached_tokens)
+            return self._lookup(input_tokens, output_tokens, cached_tokens, batch)
         cached_rate = self.input if self.cached_input is None else self.cached_input
         uncached = input_tokens - cached_tokens
-        return (
+        online = (
             uncached * self.input + cached_tokens * cached_rate + output_tokens * self.output
         ) / 1e6
+        return online * BATCH_SHARE if batch else online
 
 
 def _from_config(model: str, entry: dict[str, float]) -> Pricing:
@@ -71,12 +78,16 @@ def _from_genai_prices(model: str, cfg: TeacherConfig) -> Pricing | None:
             continue
     if probe is None:
         return None
+    batch_probe = calc_price(million, model, **where, price_context={"processing": "batch"})
+    batch_listed = batch_probe.total_price != probe.total_price
 
-    def lookup(input_tokens: int, output_tokens: int, cached_tokens: int) -> float:
+    def lookup(input_tokens: int, output_tokens: int, cached_tokens: int, batch: bool) -> float:
         usage = Usage(
             input_tokens=input_tokens, cache_read_tokens=cached_tokens, output_tokens=output_tokens
         )
-        return float(calc_price(usage, model, **where).total_price)
+        context = {"processing": "batch"} if batch and batch_listed else None
+        price = float(calc_price(usage, model, **where, price_context=context).total_price)
+        return price * BATCH_SHARE if batch and not batch_listed else price
 
     price = probe.model_price
     return Pricing(model, "genai-prices", float(probe.input_price), float(probe.output_price),

@@ -42,7 +42,9 @@ from collections.abc import Callable
 from typing import Any
 
 from protege.testing import openai_api as api
+from protege.testing.batch_api import BatchService
 from protege.testing.openai_api import DEFAULT_MODELS, LEGACY, ModelSpec
+from protege.testing.replica_limits import Limits
 
 Responder = Callable[[list[dict[str, str]]], str]
 
@@ -62,6 +64,9 @@ class FakeOpenAI:
         model: str = "fake-model",
         models: dict[str, ModelSpec] | None = None,
         api_key: str | None = None,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        batch_delay: float = 0.0,
     ):
         self.latency = latency
         self.reply = reply
@@ -71,6 +76,8 @@ class FakeOpenAI:
         self.models = dict(DEFAULT_MODELS if models is None else models)
         self.models.setdefault(model, LEGACY)
         self.api_key = api_key
+        self.limits = Limits(rpm, tpm)
+        self.batches = BatchService(self._complete_for_batch, batch_delay)
         self._prefixes: set[str] = set()  # prompt prefixes seen: their tokens are cached
         self.log: list[dict[str, Any]] = []
         self.port = 0
@@ -149,7 +156,10 @@ class FakeOpenAI:
                     k.strip().lower(): v.strip()
                     for k, _, v in (line.partition(":") for line in lines[1:] if line)
                 }
-                body = await reader.readexactly(int(headers.get("content-length", 0) or 0))
+                if headers.get("transfer-encoding", "").lower() == "chunked":
+                    body = await _read_chunked(reader)
+                else:
+                    body = await reader.readexactly(int(headers.get("content-length", 0) or 0))
                 if not await self._route(method, path, body, writer, headers):
                     break
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
@@ -158,16 +168,17 @@ class FakeOpenAI:
             writer.close()
 
     def _send(
-        self, writer: asyncio.StreamWriter, status: int, payload: bytes, extra: str = ""
-    ) -> None:
+        self, writer: asyncio.StreamWriter, status: int, payload: bytes, extra: str = "",
+        content_type: str = "application/json",
+    ) -> None:  # fmt: skip
         reason = {
             200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
             404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error",
-            503: "Service Unavailable",
+            409: "Conflict", 503: "Service Unavailable",
         }  # fmt: skip
-        head = api.headers(10000 - len(self.log), 10_000_000, int(self.latency * 1000))
+        head = api.headers(int(self.latency * 1000), self.limits.headers())
         writer.write(
-            f"HTTP/1.1 {status} {reason.get(status, 'X')}\r\ncontent-type: application/json\r\n"
+            f"HTTP/1.1 {status} {reason.get(status, 'X')}\r\ncontent-type: {content_type}\r\n"
             f"content-length: {len(payload)}\r\n{head}{extra}\r\n".encode()
             + payload
         )
@@ -204,9 +215,17 @@ class FakeOpenAI:
             status, payload = self._unauthorized(headers) or (200, api.models_list(self.models))
             self._send(writer, status, payload)
             return True
+        if "/files" in path or "/batches" in path:
+            status, payload = self._unauthorized(headers) or self._batch_route(
+                method, path, raw, headers
+            )
+            octet = path.endswith("/content") and status == 200
+            self._send(writer, status, payload,
+                       content_type="application/octet-stream" if octet else "application/json")  # fmt: skip
+            return True
         if not (method == "POST" and path.endswith("/chat/completions")):
             self._send(
-                writer, 404, api.error(f"Invalid URL (POST {path})", "invalid_request_error")
+                writer, 404, api.error(f"Invalid URL ({method} {path})", "invalid_request_error")
             )
             return True
         body = json.loads(raw)
@@ -219,6 +238,15 @@ class FakeOpenAI:
             status, payload = refused
             entry["fault"] = json.loads(payload)["error"]["code"] or str(status)
             self._send(writer, status, payload)
+            await writer.drain()
+            return True
+        if over := self.limits.take(body):
+            which, wait = over
+            bucket = getattr(self.limits, which)
+            _, payload = api.rate_limited(body["model"], round(wait, 3), which,
+                                          bucket.per_minute, self.limits.cost(body))  # fmt: skip
+            entry["fault"] = "rate_limit_exceeded"
+            self._send(writer, 429, payload, f"retry-after-ms: {max(1, round(wait * 1000))}\r\n")
             await writer.drain()
             return True
         fault = entry["fault"] = self._next_fault(messages)
@@ -236,20 +264,23 @@ class FakeOpenAI:
             self._send(writer, 429, payload, f"retry-after: {wait}\r\n")
             await writer.drain()
             return True
+        status, payload = self._complete(body, fault)
+        self._send(writer, status, payload)
+        await writer.drain()
+        return True
+
+    def _complete(self, body: dict[str, Any], fault: str | None) -> tuple[int, bytes]:
+        """The answer to a chat body that was let through: an injected error, or a completion."""
+        model, messages = body["model"], body["messages"]
         errors = {
             "400": api.bad_request, "401": lambda: api.invalid_api_key("sk-wrong-key-0000"),
             "403": api.forbidden, "404": lambda: api.model_not_found(model),
             "quota": api.insufficient_quota, "500": api.server_error, "503": api.overloaded,
         }  # fmt: skip
         if fault in errors:
-            status, payload = errors[fault]()
-            self._send(writer, status, payload)
-            await writer.drain()
-            return True
+            return errors[fault]()
         if fault == "malformed":
-            self._send(writer, 200, b'{"id": "x", "choices": [{"message": ')
-            await writer.drain()
-            return True
+            return 200, b'{"id": "x", "choices": [{"message": '
         text = self.reply(messages)
         finish = "stop"
         if fault == "truncated":
@@ -259,6 +290,13 @@ class FakeOpenAI:
         prefix = joined[: api.CACHE_MIN_TOKENS * 4]
         cached = prefix in self._prefixes
         self._prefixes.add(prefix)
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text, "refusal": None},
+            "finish_reason": finish,
+        }
+        if body.get("logprobs"):
+            choice["logprobs"] = {"content": api.token_logprobs(text), "refusal": None}
         payload = {
             "id": f"chatcmpl-{len(self.log)}",
             "object": "chat.completion",
@@ -266,26 +304,73 @@ class FakeOpenAI:
             "model": model,
             "system_fingerprint": "fp_fake",
             "service_tier": "default",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
-                    "finish_reason": finish,
-                }
-            ],
+            "choices": [choice],
             "usage": api.usage(self.models[model], prompt_tokens, len(text) // 4 + 1, cached),
         }
-        self._send(writer, 200, json.dumps(payload).encode())
-        await writer.drain()
-        return True
+        return 200, json.dumps(payload).encode()
+
+    def _complete_for_batch(self, body: dict[str, Any]) -> tuple[int, bytes]:
+        """One line of a batch: logged like a chat request, refused or answered the same way."""
+        entry = {"body": body, "fault": None, "auth": None, "time": time.time(), "batch": True}
+        self.log.append(entry)
+        spec = self.models.get(body.get("model", ""))
+        refused = api.model_not_found(body.get("model", "")) if spec is None else None
+        refused = refused or api.check_params(spec, body)
+        if refused:
+            entry["fault"] = json.loads(refused[1])["error"]["code"] or str(refused[0])
+            return refused
+        fault = entry["fault"] = self._next_fault(body["messages"])
+        if fault in ("drop", "timeout") or (fault or "").startswith("429"):
+            fault = "500"  # no connection to drop inside a batch: a server error line
+            entry["fault"] = fault
+        return self._complete(body, fault)
+
+    def _batch_route(
+        self, method: str, path: str, raw: bytes, headers: dict[str, str]
+    ) -> tuple[int, bytes]:
+        """/v1/files and /v1/batches (`batch_api.py`)."""
+        path, _, query = path.partition("?")
+        parts = path.rstrip("/").split("/")
+        params = dict(p.partition("=")[::2] for p in query.split("&") if p)
+        b = self.batches
+        if parts[-1] == "files" and method == "POST":
+            return b.upload(headers.get("content-type", ""), raw)
+        if parts[-2] == "files" and method == "GET":
+            return b.get_file(parts[-1], content=False)
+        if parts[-1] == "content" and parts[-3] == "files":
+            return b.get_file(parts[-2], content=True)
+        if parts[-1] == "batches" and method == "POST":
+            return b.create(json.loads(raw))
+        if parts[-1] == "batches" and method == "GET":
+            return b.list(params)
+        if parts[-2] == "batches" and method == "GET":
+            return b.get(parts[-1])
+        if parts[-1] == "cancel" and method == "POST":
+            return b.cancel(parts[-2])
+        return 404, api.error(f"Invalid URL ({method} {path})", "invalid_request_error")
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    body = bytearray()
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0].strip(), 16)
+        if size == 0:
+            await reader.readuntil(b"\r\n")
+            return bytes(body)
+        body += await reader.readexactly(size)
+        await reader.readexactly(2)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--rpm", type=float, help="enforce a requests-per-minute limit")
+    parser.add_argument("--tpm", type=float, help="enforce a tokens-per-minute limit")
+    parser.add_argument("--batch-delay", type=float, default=0.0, help="seconds a batch takes")
     args = parser.parse_args()
-    server = FakeOpenAI(latency=args.latency)
+    server = FakeOpenAI(latency=args.latency, rpm=args.rpm, tpm=args.tpm,
+                        batch_delay=args.batch_delay)  # fmt: skip
 
     async def run() -> None:
         await server.serve(args.port)

@@ -14,7 +14,9 @@ Model kinds:
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -117,12 +119,15 @@ def model_not_found(model: str) -> tuple[int, bytes]:
     )
 
 
-def rate_limited(model: str, wait_s: float) -> tuple[int, bytes]:
+def rate_limited(
+    model: str, wait_s: float, which: str = "requests", limit: float = 500, asked: int = 1
+) -> tuple[int, bytes]:
+    unit = "requests per min (RPM)" if which == "requests" else "tokens per min (TPM)"
     return 429, error(
-        f"Rate limit reached for {model} in organization org-replica on requests per min "
-        f"(RPM): Limit 500, Used 500, Requested 1. Please try again in {wait_s:g}s. Visit "
-        "https://platform.openai.com/account/rate-limits to learn more.",
-        "requests",
+        f"Rate limit reached for {model} in organization org-replica on {unit}: "
+        f"Limit {limit:g}, Used {limit:g}, Requested {asked}. Please try again in {wait_s:g}s. "
+        "Visit https://platform.openai.com/account/rate-limits to learn more.",
+        which,
         None,
         "rate_limit_exceeded",
     )
@@ -192,16 +197,24 @@ def usage(spec: ModelSpec, prompt_tokens: int, answer_tokens: int, cached: bool)
     }
 
 
-def headers(requests_left: int, tokens_left: int, processing_ms: int) -> str:
-    """Response headers every answer carries (as raw HTTP lines)."""
+UNLIMITED_RPM, UNLIMITED_TPM = 1_000_000, 10_000_000_000
+"""What a replica without configured limits states (`replica_limits.py` enforces real ones)."""
+
+
+def headers(processing_ms: int, limits: str | None = None) -> str:
+    """Response headers every answer carries (as raw HTTP lines); `limits`: the
+    x-ratelimit-* lines of a rate-limited replica."""
+    if limits is None:
+        limits = (
+            f"x-ratelimit-limit-requests: {UNLIMITED_RPM}\r\n"
+            f"x-ratelimit-limit-tokens: {UNLIMITED_TPM}\r\n"
+            f"x-ratelimit-remaining-requests: {UNLIMITED_RPM - 1}\r\n"
+            f"x-ratelimit-remaining-tokens: {UNLIMITED_TPM - 1}\r\n"
+            "x-ratelimit-reset-requests: 0s\r\n"
+            "x-ratelimit-reset-tokens: 0s\r\n"
+        )
     return (
-        "x-ratelimit-limit-requests: 10000\r\n"
-        "x-ratelimit-limit-tokens: 10000000\r\n"
-        f"x-ratelimit-remaining-requests: {max(0, requests_left)}\r\n"
-        f"x-ratelimit-remaining-tokens: {max(0, tokens_left)}\r\n"
-        "x-ratelimit-reset-requests: 6ms\r\n"
-        "x-ratelimit-reset-tokens: 0s\r\n"
-        f"x-request-id: req_{uuid.uuid4().hex}\r\n"
+        limits + f"x-request-id: req_{uuid.uuid4().hex}\r\n"
         f"openai-processing-ms: {processing_ms}\r\n"
         "openai-version: 2020-10-01\r\n"
     )
@@ -217,3 +230,15 @@ def models_list(models: dict[str, ModelSpec]) -> bytes:
             ],
         }
     ).encode()
+
+
+def token_logprobs(text: str) -> list[dict[str, Any]]:
+    """`choices[].logprobs.content` for an answer: word-ish tokens, each with a log-probability
+    fixed by its text and position (so tests know the numbers), no alternatives."""
+    out = []
+    for i, token in enumerate(re.findall(r"\s*\w+|\s*[^\w\s]", text)):
+        digest = hashlib.sha256(f"{i}:{token}".encode()).digest()
+        logprob = -digest[0] / 512  # in (-0.5, 0]: probabilities between 0.61 and 1
+        out.append({"token": token, "logprob": logprob, "bytes": list(token.encode()),
+                    "top_logprobs": []})  # fmt: skip
+    return out

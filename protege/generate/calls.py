@@ -1,0 +1,81 @@
+"""Sending a job's requests to the teacher, online or as batches, with a live progress bar."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from protege.generate.config import GenerateConfig
+from protege.teacher.client import CallReport
+from protege.teacher.cost import Budget
+from protege.teacher.leases import new_run_id, start_run
+from protege.teacher.store import Answer, TeacherStore
+
+
+def _sender(mode: str):
+    """The function that sends a job in `teacher.mode` (same contract: `client.call_all`)."""
+    from protege.teacher.batch import batch_all
+    from protege.teacher.client import call_all
+
+    return {"online": call_all, "batch": batch_all}[mode]
+
+
+def send(
+    cfg: GenerateConfig,
+    requests: list,
+    store: TeacherStore,
+    n_cached: int,
+    price,
+    params: dict[str, Any] | None = None,
+    extras: dict[str, Any] | None = None,
+) -> CallReport:
+    """Send `requests` with a live progress bar (done / cached / failed / cost)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from protege.teacher.client import ChatClient, endpoint
+
+    tcfg = cfg.teacher
+    run_id = new_run_id()
+    start_run(store, run_id, str(cfg.output))
+    budget = Budget(cfg.max_cost)
+    counts = {"ok": 0, "failed": 0, "skipped": 0, "elsewhere": 0}
+    status = {"line": ""}
+    total = len(requests) + n_cached
+    columns = [
+        TextColumn("teacher"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+    ]
+
+    def info() -> str:
+        line = (
+            f"done {counts['ok'] + n_cached + counts['elsewhere']} · cached {n_cached} · "
+            f"failed {counts['failed']} · ${budget.spent:.4f}"
+        )
+        return f"{line} · {status['line']}" if status["line"] else line
+
+    with Progress(*columns, disable=not cfg.progress) as bar:
+        task = bar.add_task("teacher", total=total, completed=n_cached, info=info())
+
+        def on_answer(kind: str, answer: Answer | None) -> None:
+            counts[kind] += 1
+            bar.update(task, advance=1, info=info())
+
+        def progress(line: str) -> None:
+            status["line"] = line
+            bar.update(task, info=info())
+
+        async def go():
+            client = ChatClient(tcfg, base_url, api_key)
+            kw = {"run_id": run_id, "params": params, "extras": extras, "progress": progress}
+            try:
+                return await _sender(tcfg.mode)(
+                    requests, tcfg, client, store, budget, on_answer, price, **kw
+                )
+            finally:
+                await client.close()
+
+        with endpoint(tcfg) as (base_url, api_key):
+            return asyncio.run(go())
