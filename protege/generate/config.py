@@ -36,6 +36,9 @@ class GenerateConfig:
     """Output JSONL; a summary JSON is written next to it (`<name>.summary.json`)."""
     output_field: str = ""
     """Field for the parsed answer; empty means the recipe's default (5w/explain: rationale)."""
+    structured: bool = True
+    """Ask for the recipe's JSON schema (`response_format`) where it has one (label: the label
+    an enum of `labels`; a template's `<name>.schema.json`); answers that break it are flagged."""
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     """Which teacher answers (kind, model, endpoint, limits, prices)."""
     max_cost: float | None = None

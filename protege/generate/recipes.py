@@ -20,6 +20,7 @@ import jinja2.meta
 
 from protege.errors import ConfigError
 from protege.formats import normalise_label
+from protege.generate.schema import label_schema, parse_json, sidecar_schema
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
 CONTEXT_VARS = {"input", "labels", "verb", "with_rationale"}
@@ -33,14 +34,34 @@ class Parsed:
     flagged: str | None = None
 
 
-def parse_text(text: str, output_field: str, labels: list[str]) -> Parsed:
-    """Free text (a rationale, an article, a summary): kept whole; an empty answer is flagged."""
+def parse_text(
+    text: str, output_field: str, labels: list[str], schema: dict[str, Any] | None = None
+) -> Parsed:
+    """Free text (a rationale, an article, a summary): kept whole; an empty answer is flagged.
+    With an output schema: the answer must be a JSON object that fits it, whose properties
+    become fields; one that does not is flagged with why."""
+    if schema is not None:
+        value, problem = parse_json(text, schema)
+        if value is None:
+            return Parsed({output_field: None}, problem)
+        return Parsed(dict(value))
     text = text.strip()
     return Parsed({output_field: text}, None if text else "empty answer")
 
 
-def parse_label(text: str, output_field: str, labels: list[str]) -> Parsed:
-    """First line must be exactly a label of the set (case and punctuation aside); rest = reason."""
+def parse_label(
+    text: str, output_field: str, labels: list[str], schema: dict[str, Any] | None = None
+) -> Parsed:
+    """A JSON answer (structured) must fit the schema: its "label" is the label. A text answer's
+    first line must be exactly a label of the set (case and punctuation aside); rest = reason."""
+    if schema is not None and text.lstrip().startswith("{"):
+        value, problem = parse_json(text, schema)
+        if value is None:
+            return Parsed({output_field: None}, problem)
+        fields: dict[str, Any] = {output_field: value["label"]}
+        if value.get("rationale"):
+            fields[f"{output_field}_rationale"] = value["rationale"]
+        return Parsed(fields)
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     first = lines[0] if lines else ""
     for prefix in ("label:", "answer:"):
@@ -62,15 +83,26 @@ class Recipe:
     name: str
     path: Path
     output_field: str
-    parse: Callable[[str, str, list[str]], Parsed] = parse_text
+    parse: Callable[..., Parsed] = parse_text
     needs_label: bool = False
     """The gold label conditions the prompt (`explain`): records must carry a known label."""
+    schema: Callable[[list[str], bool], dict[str, Any] | None] = lambda labels, reason: None
+    """The JSON schema its answers are asked to fit (labels, with_rationale), or None."""
+    confidence: bool = False
+    """Its answers are labels whose confidence is worth recording (logprobs, self-consistency)."""
 
 
 RECIPES: dict[str, Recipe] = {
     "5w": Recipe("5w", TEMPLATE_DIR / "5w.j2", "rationale"),
     "explain": Recipe("explain", TEMPLATE_DIR / "explain.j2", "rationale", needs_label=True),
-    "label": Recipe("label", TEMPLATE_DIR / "label.j2", "label", parse=parse_label),
+    "label": Recipe(
+        "label",
+        TEMPLATE_DIR / "label.j2",
+        "label",
+        parse=parse_label,
+        schema=label_schema,
+        confidence=True,
+    ),  # fmt: skip
     "reverse": Recipe("reverse", TEMPLATE_DIR / "reverse.j2", "article"),
     "summarize": Recipe("summarize", TEMPLATE_DIR / "summarize.j2", "summary"),
 }
@@ -82,7 +114,8 @@ def get_recipe(name_or_path: str) -> Recipe:
         return RECIPES[name_or_path]
     path = Path(name_or_path)
     if path.suffix and path.exists():
-        return Recipe(path.stem, path, "teacher_output")
+        schema = sidecar_schema(path)
+        return Recipe(path.stem, path, "teacher_output", schema=lambda labels, reason: schema)
     raise ConfigError(
         f"recipe: {name_or_path!r} is neither a recipe ({', '.join(RECIPES)}) nor a template file"
     )

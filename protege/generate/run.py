@@ -8,14 +8,12 @@ replay teacher refuses instead); then write every answered record, atomically.
 
 from __future__ import annotations
 
-import datetime
 import json
 from pathlib import Path
 from typing import Any
 
 from protege.config import to_dict
 from protege.data.io import (
-    clean,
     read_records,
     rename_fields,
     require_fields,
@@ -28,10 +26,12 @@ from protege.formats import normalise_label
 from protege.generate.calls import send
 from protege.generate.config import GenerateConfig, GenerateResult
 from protege.generate.recipes import Recipe, Template, get_recipe
+from protege.generate.rows import output_row
+from protege.generate.schema import response_format
 from protege.teacher.cost import estimate_prompt_tokens, worst_prompt_tokens
 from protege.teacher.prices import pricing, unknown_price
 from protege.teacher.replay import replay_miss
-from protege.teacher.store import Answer, TeacherStore, request_key
+from protege.teacher.store import TeacherStore, request_key
 
 
 def summary_path(output: str | Path) -> Path:
@@ -88,15 +88,23 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
         raise ConfigError("output: give the output JSONL path")
     records = load_inputs(cfg, recipe, template)
     tcfg = cfg.teacher
-    model, params = tcfg.model_name, tcfg.params()
+    model = tcfg.model_name
+    params, schema = job_params(cfg, recipe)
+    samples = tcfg.self_consistency if recipe.confidence else 1
 
-    keys: list[str] = []
+    keys: list[list[str]] = []  # per record: its request keys (k for self-consistency)
     distinct: dict[str, list[dict[str, str]]] = {}
+    key_params: dict[str, dict[str, Any]] = {}
     for record in records:
         messages = template.messages(_context(cfg, template, record))
-        key = request_key(model, messages, params)
-        keys.append(key)
-        distinct.setdefault(key, messages)
+        mine = []
+        for i, p in enumerate(sample_params(params, samples)):
+            key = request_key(model, messages, p)
+            mine.append(key)
+            distinct.setdefault(key, messages)
+            if i:
+                key_params[key] = p
+        keys.append(mine)
 
     result = GenerateResult(output=str(cfg.output), n_records=len(records), dry_run=cfg.dry_run)
     result.n_requests = len(distinct)
@@ -116,14 +124,23 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
         if cfg.dry_run:
             return result
         if todo and tcfg.kind == "replay":
-            first = records[keys.index(todo[0])]
+            first = records[next(i for i, ks in enumerate(keys) if set(ks) & set(todo))]
             where = f"{cfg.input}:{first.get('_line', '?')}"
             raise replay_miss(model, len(todo), len(distinct), where)
         if todo and price is None and cfg.max_cost is not None:
             raise unknown_price(tcfg)
         if todo:
-            requests = [Request(k, distinct[k], worst_prompt_tokens(distinct[k])) for k in todo]
-            report = send(cfg, requests, store, result.n_cached, price)
+            requests = [
+                Request(k, distinct[k], worst_prompt_tokens(distinct[k]), key_params.get(k),
+                        estimate_prompt_tokens(distinct[k]))
+                for k in todo
+            ]  # fmt: skip
+            extras = (
+                {"logprobs": True, "top_logprobs": 1}
+                if recipe.confidence and tcfg.logprobs
+                else None
+            )
+            report = send(cfg, requests, store, result.n_cached, price, params, extras)
             result.n_calls = report.ok + report.failed
             result.n_retries = report.retries
             result.cost_usd = report.cost_usd
@@ -136,15 +153,17 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
         done = {k for k in todo if k in stored and stored[k].status == "ok"}
 
     out_records = []
-    for record, key in zip(records, keys, strict=True):
-        answer = stored.get(key)
-        if answer is None or answer.status != "ok":
-            if answer is not None:
+    for record, mine in zip(records, keys, strict=True):
+        answers = [stored.get(k) for k in mine]
+        if any(a is None or a.status != "ok" for a in answers):
+            if any(a is not None and a.status != "ok" for a in answers):
                 result.n_failed += 1
             else:
                 result.n_skipped += 1
             continue
-        row = _output_record(cfg, recipe, template, output_field, record, answer, key not in done)
+        cached = not (set(mine) & done)
+        row = output_row(cfg, recipe, template, output_field, record, answers, cached, params,
+                         schema)  # fmt: skip
         result.n_flagged += "flagged" in row
         out_records.append(row)
     result.n_written = len(out_records)
@@ -156,40 +175,21 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
     return result
 
 
-def _output_record(
-    cfg: GenerateConfig,
-    recipe: Recipe,
-    template: Template,
-    output_field: str,
-    record: dict[str, Any],
-    answer: Answer,
-    cached: bool,
-) -> dict[str, Any]:
-    """The source record plus the teacher's text, the parsed fields, a flag and provenance."""
-    parsed = recipe.parse(answer.text or "", output_field, cfg.labels)
-    row = clean(record)
-    for name in parsed.fields:
-        if name in row:  # e.g. reverse: the real article gives way to the synthetic one
-            row[f"original_{name}"] = row.pop(name)
-    row["teacher_text"] = answer.text
-    row.update(parsed.fields)
-    flag = parsed.flagged
-    if answer.finish_reason == "length":
-        flag = "; ".join(filter(None, [flag, "truncated: the answer hit max_tokens"]))
-    if flag:
-        row["flagged"] = flag
-    row["provenance"] = {
-        "model": answer.model,
-        "system_fingerprint": answer.system_fingerprint,
-        "template_hash": template.hash,
-        "params": cfg.teacher.params(),
-        "time": datetime.datetime.fromtimestamp(answer.created_at, datetime.UTC).isoformat(),
-        "cost_usd": answer.cost_usd,
-        "latency_s": answer.latency_s,
-        "cached": cached,
-        "source": answer.source,
-    }
-    return row
+def job_params(cfg: GenerateConfig, recipe: Recipe) -> tuple[dict[str, Any], dict | None]:
+    """The job's canonical request parameters (the store key) and the output schema asked for:
+    the teacher's sampling parameters, plus `response_format` when the recipe has a schema."""
+    params: dict[str, Any] = dict(cfg.teacher.params())
+    schema = recipe.schema(cfg.labels, cfg.with_rationale) if cfg.structured else None
+    if schema is not None:
+        params["response_format"] = response_format(schema, recipe.name)
+    return params, schema
+
+
+def sample_params(params: dict[str, Any], k: int) -> list[dict[str, Any]]:
+    """k requests' parameters for self-consistency: seeds seed, seed+1, ... (the first is the
+    single-answer request itself, so k=1 and the first of k share an answer)."""
+    seed = params.get("seed") or 0
+    return [params] + [{**params, "seed": seed + i} for i in range(1, k)]
 
 
 def result_line(result: GenerateResult) -> str:

@@ -75,10 +75,14 @@ def _sample(run: RunFiles) -> str:
 
 
 def verdict(run: RunFiles) -> str | None:
-    """One sentence: the dev-chosen student minus the teacher, paired on the same rows."""
-    paired = (run.summary.get("teacher") or {}).get("paired")
+    """One sentence: the dev-chosen student minus the teacher, paired on the same rows; or, when
+    most teacher answers were flagged or missing, that the comparison measures nothing."""
+    teacher = run.summary.get("teacher") or {}
+    paired = teacher.get("paired")
     if not paired:
         return None
+    if unusable := unusable_teacher(teacher):
+        return unusable
     boot = paired["paired_bootstrap"]
     if "mcnemar" in paired:
         test = f"McNemar p={paired['mcnemar']['p_value']:.3f}"
@@ -89,6 +93,24 @@ def verdict(run: RunFiles) -> str | None:
         f"Student chosen on dev (`{paired['student']}`) minus the teacher, on the same "
         f"{paired['n']} test rows: {boot['diff'] * run.scale():+.1f}{unit} {run.metric} "
         f"(95% CI {ci([boot['ci_low'], boot['ci_high']], run.scale())}, {test})."
+    )
+
+
+def unusable_teacher(teacher: dict[str, Any]) -> str | None:
+    """Why the teacher row cannot be compared with (most of its answers flagged or missing), or
+    None when it can."""
+    info = teacher.get("speed") or {}
+    bad = int(info.get("n_flagged") or 0) + int(info.get("n_missing") or 0)
+    total = int(info.get("n_asked") or 0) or (int(info.get("n_answers") or 0) +
+                                              int(info.get("n_missing") or 0))  # fmt: skip
+    if not total or bad * 2 <= total:
+        return None
+    return (
+        f"Not measured: {bad} of the teacher's {total} zero-shot answers were flagged (not a "
+        f"valid answer) or missing, so the teacher row scores its answer format, not the task, "
+        f"and a student-minus-teacher gap says nothing about distillation. Ask for structured "
+        f"answers (`generate.structured: true`, on by default for the label recipe) or a "
+        f"stronger teacher, then rerun."
     )
 
 

@@ -355,7 +355,7 @@ async def batch_all(
     params = cfg.params() if params is None else params
     if rules is None:
         learned = store.param_rules(cfg.endpoint_url, cfg.model_name)
-        rules = ParamRules(cfg.endpoint_url, cfg.model_name, cfg.is_openai, learned)
+        rules = ParamRules.for_config(cfg, learned)
     runner = BatchRunner(cfg, client, store, budget, pricing, rules, run_id, on_answer)
     by_key = {r.key: r for r in requests}
     resumed = runner.open_batches(list(by_key))

@@ -214,7 +214,7 @@ async def call_all(
     extras = extras or {}
     if rules is None:
         learned = store.param_rules(cfg.endpoint_url, cfg.model_name)
-        rules = ParamRules(cfg.endpoint_url, cfg.model_name, cfg.is_openai, learned)
+        rules = ParamRules.for_config(cfg, learned)
     fatal: list[ApiError] = []
     unsent: list[Request] = []
 

@@ -58,6 +58,10 @@ class TeacherConfig:
     prices: dict[str, dict[str, float]] = field(default_factory=dict)
     """Your prices, model -> {"input": $, "output": $, "cached_input": $} per 1M tokens; they
     override the `genai-prices` table (e.g. `teacher.prices.my-model={input: 0.1, output: 0.4}`)."""
+    response_format_style: Literal["json_schema", "json_object"] | None = None
+    """How a JSON schema is sent: `json_schema` (OpenAI, vLLM, llama.cpp's own server) or
+    `json_object` (llama-cpp-python's server: `{type: json_object, schema}`); None: json_object
+    for the local teacher, json_schema for any other."""
     mode: Literal["online", "batch"] = "online"
     """`online`: one request per prompt, answered at once; `batch`: the endpoint's Batch API
     (`/v1/files` + `/v1/batches`), answered within 24 h at the batch price (OpenAI: half)."""
@@ -108,6 +112,13 @@ class TeacherConfig:
         return DEFAULT_KEY_ENVS.get(host) or next(
             (env for suffix, env in DEFAULT_KEY_ENVS.items() if host.endswith(suffix)), None
         )
+
+    @property
+    def schema_style(self) -> str:
+        """How this endpoint takes a JSON schema (see `response_format_style`)."""
+        if self.response_format_style:
+            return self.response_format_style
+        return "json_object" if self.kind == "local" else "json_schema"
 
     @property
     def is_openai(self) -> bool:

@@ -13,7 +13,9 @@ The store key is made of canonical parameters (`max_tokens`, `temperature`, `see
   retried once with it, and the rule is kept in the store per endpoint and model, so later
   runs send the right thing from the first request.
 
-Rules are `{param: action}` with action `rename:<new name>` or `drop`.
+Rules are `{param: action}` with action `rename:<new name>`, `drop`, or `json_object` (for
+`response_format`: llama-cpp-python's server takes a schema as `{type: json_object, schema}`
+rather than OpenAI's `{type: json_schema, json_schema: {schema}}`).
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ REASONING_MODELS = re.compile(r"^(o\d|gpt-5|gpt-6)")
 _USE_INSTEAD = re.compile(r"[Uu]se '([a-z_]+)' instead")
 
 
-def default_rules(model: str, openai_api: bool) -> dict[str, str]:
+def default_rules(
+    model: str, openai_api: bool, schema_style: str = "json_schema"
+) -> dict[str, str]:
     """What protege knows before any answer: parameter names and values per endpoint and model."""
     if not openai_api:
-        return {}
+        return {"response_format": "json_object"} if schema_style == "json_object" else {}
     rules = {"max_tokens": "rename:max_completion_tokens"}
     if REASONING_MODELS.match(model):
         rules["temperature"] = "drop"
@@ -44,6 +48,8 @@ def wire_params(canonical: dict[str, Any], rules: dict[str, str]) -> dict[str, A
         action = rules.get(name, "keep")
         if action == "drop":
             continue
+        if action == "json_object" and isinstance(value, dict) and "json_schema" in value:
+            value = {"type": "json_object", "schema": value["json_schema"].get("schema", {})}
         if action.startswith("rename:"):
             name = action.split(":", 1)[1]
         out[name] = value
@@ -73,9 +79,15 @@ def rule_from_error(error: dict[str, Any], rules: dict[str, str]) -> tuple[str, 
 class ParamRules:
     """The rules in force for one endpoint and model: defaults, then what the store learned."""
 
-    def __init__(self, endpoint: str, model: str, openai_api: bool, learned: dict[str, str]):
+    def __init__(self, endpoint: str, model: str, openai_api: bool, learned: dict[str, str],
+                 schema_style: str = "json_schema"):  # fmt: skip
         self.endpoint, self.model = endpoint, model
-        self.rules = {**default_rules(model, openai_api), **learned}
+        self.rules = {**default_rules(model, openai_api, schema_style), **learned}
+
+    @classmethod
+    def for_config(cls, cfg, learned: dict[str, str]) -> ParamRules:
+        """The rules for a teacher config (`TeacherConfig`) and what the store learned."""
+        return cls(cfg.endpoint_url, cfg.model_name, cfg.is_openai, learned, cfg.schema_style)
 
     def apply(self, canonical: dict[str, Any]) -> dict[str, Any]:
         return wire_params(canonical, self.rules)

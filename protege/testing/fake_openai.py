@@ -282,6 +282,9 @@ class FakeOpenAI:
         if fault == "malformed":
             return 200, b'{"id": "x", "choices": [{"message": '
         text = self.reply(messages)
+        schema = api.schema_of(body)
+        if schema is not None and self.reply is default_reply:
+            text = json.dumps(api.instance(schema, f"{text}|seed={body.get('seed')}"))
         finish = "stop"
         if fault == "truncated":
             text, finish = text[: len(text) // 2], "length"

@@ -242,3 +242,33 @@ def token_logprobs(text: str) -> list[dict[str, Any]]:
         out.append({"token": token, "logprob": logprob, "bytes": list(token.encode()),
                     "top_logprobs": []})  # fmt: skip
     return out
+
+
+def schema_of(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema a request asks its answer to fit (`json_schema`, or llama-cpp-python's
+    `json_object` + schema), or None."""
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") == "json_schema":
+        return (fmt.get("json_schema") or {}).get("schema")
+    if fmt.get("type") == "json_object":
+        return fmt.get("schema")
+    return None
+
+
+def instance(schema: dict[str, Any], text: str) -> Any:
+    """A value that fits `schema`, chosen by `text` (structured outputs never break theirs):
+    enum members picked by a hash of the prompt, strings from the plain answer."""
+    if "enum" in schema:
+        digest = hashlib.sha256(text.encode()).digest()
+        return schema["enum"][digest[0] % len(schema["enum"])]
+    kind = schema.get("type")
+    if kind == "object":
+        props = schema.get("properties", {})
+        return {name: instance(sub, f"{text}/{name}") for name, sub in props.items()}
+    if kind == "array":
+        return [instance(schema.get("items", {}), text)]
+    if kind in ("integer", "number"):
+        return hashlib.sha256(text.encode()).digest()[0] % 10
+    if kind == "boolean":
+        return True
+    return text

@@ -1,0 +1,147 @@
+"""Structured answers and label confidence: the label recipe's JSON schema, a user template's
+sidecar schema, answers that break their schema flagged, logprobs and self-consistency."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from protege.data.samples import sample_path
+from protege.generate import GenerateConfig, run_generate
+from protege.generate.confidence import label_probability, majority
+from protege.generate.schema import label_schema, validate
+from protege.teacher.config import TeacherConfig
+from protege.teacher.params import ParamRules
+
+LABELS = ["entailment", "neutral", "contradiction"]
+
+
+def _cfg(server, tmp_path, **kw) -> GenerateConfig:
+    teacher = dict(kind="openai", model="fake-model", base_url=server.base_url, backoff_s=0.01)
+    teacher.update(kw.pop("teacher", {}))
+    return GenerateConfig(recipe=kw.pop("recipe", "label"),
+                          input=kw.pop("input", str(sample_path("nli", "dev"))),
+                          output=str(tmp_path / "out.jsonl"), teacher=TeacherConfig(**teacher),
+                          progress=False, **kw)  # fmt: skip
+
+
+def _rows(path) -> list[dict]:
+    return [json.loads(line) for line in open(path)]
+
+
+def test_validate_by_hand():
+    schema = label_schema(LABELS, with_rationale=True)
+    assert schema["required"] == ["rationale", "label"]
+    assert validate({"rationale": "r", "label": "neutral"}, schema) is None
+    assert validate({"label": "neutral"}, schema) == "answer has no 'rationale'"
+    assert validate({"rationale": "r", "label": "maybe"}, schema) == (
+        "answer.label 'maybe' is not one of entailment, neutral, contradiction"
+    )
+    assert validate({"rationale": "r", "label": "neutral", "x": 1}, schema) == (
+        "answer has an unexpected 'x'"
+    )
+    assert validate([1, "a"], {"type": "array", "items": {"type": "integer"}}) == (
+        "answer[1] is str, not integer"
+    )
+    assert validate(True, {"type": "integer"}) == "answer is bool, not integer"
+
+
+def test_label_probability_and_majority_by_hand():
+    pairs = [['{"', -0.1], ["label", -0.1], ['":', 0.0], [' "', -0.2], ["ent", -0.3],
+             ["ailment", -0.4], ['"}', 0.0]]  # fmt: skip
+    text = "".join(t for t, _ in pairs)
+    assert label_probability(json.dumps(pairs), text, "entailment") == pytest.approx(math.exp(-0.7))
+    plain = [["neutral", -0.5], ["\n", 0.0], ["because", -1.0]]
+    assert label_probability(json.dumps(plain), "neutral\nbecause", "neutral") == pytest.approx(
+        math.exp(-0.5)
+    )
+    assert label_probability(None, text, "entailment") is None
+    assert majority(["a", "b", "a", None]) == ("a", 0.5)
+    assert majority([None, None]) == (None, 0.0)
+
+
+def test_schema_is_sent_as_llama_cpp_python_takes_it_for_the_local_teacher():
+    fmt = {"type": "json_schema", "json_schema": {"name": "label", "strict": True,
+                                                  "schema": {"type": "object"}}}  # fmt: skip
+    local = ParamRules.for_config(TeacherConfig(kind="local"), {})
+    assert local.apply({"response_format": fmt}) == {
+        "response_format": {"type": "json_object", "schema": {"type": "object"}}
+    }
+    remote = ParamRules.for_config(TeacherConfig(kind="openai"), {})
+    assert remote.apply({"response_format": fmt})["response_format"] == fmt
+
+
+def test_label_recipe_asks_for_an_enum_and_records_the_labels_probability(fake_openai, tmp_path):
+    result = run_generate(_cfg(fake_openai, tmp_path, limit=6))
+    body = fake_openai.log[0]["body"]
+    schema = body["response_format"]["json_schema"]["schema"]
+    assert schema["properties"]["label"]["enum"] == LABELS
+    assert body["logprobs"] is True and body["top_logprobs"] == 1
+    rows = _rows(tmp_path / "out.jsonl")
+    assert result.n_flagged == 0 and all(r["label"] in LABELS for r in rows)
+    for r in rows:  # the probability of the label's own tokens, from the stored logprobs
+        assert 0.2 < r["confidence"] <= 1.0
+    assert "response_format" in rows[0]["provenance"]["params"]
+
+
+def test_an_answer_that_breaks_its_schema_is_flagged_never_guessed(fake_openai, tmp_path):
+    fake_openai.reply = lambda messages: (
+        '{"label": "Entailment"}' if "Hugo" in messages[-1]["content"] else "entailment"
+    )
+    run_generate(_cfg(fake_openai, tmp_path, input=str(sample_path("nli", "train")), limit=4))
+    rows = _rows(tmp_path / "out.jsonl")
+    for r in rows:
+        if "Hugo" in r["premise"]:  # JSON, but not a label of the set: flagged
+            assert r["label"] is None and "is not one of" in r["flagged"]
+        else:  # the endpoint ignored the schema and answered a bare label: read as text
+            assert r["label"] == "entailment" and "flagged" not in r
+
+
+def test_self_consistency_keeps_the_majority_and_its_share(fake_openai, tmp_path):
+    cfg = _cfg(fake_openai, tmp_path, limit=5, teacher={"self_consistency": 5, "logprobs": False})
+    result = run_generate(cfg)
+    assert result.n_requests == 25 and result.n_written == 5
+    seeds = sorted({e["body"]["seed"] for e in fake_openai.log})
+    assert seeds == [123, 124, 125, 126, 127]
+    for r in _rows(tmp_path / "out.jsonl"):
+        assert len(r["votes"]) == 5 and r["label"] in LABELS
+        assert r["confidence"] == r["votes"].count(r["label"]) / 5
+        assert r["votes"].count(r["label"]) == max(r["votes"].count(v) for v in r["votes"])
+    # k=1 afterwards reuses the first of the k answers: nothing is sent
+    n = len(fake_openai.log)
+    run_generate(_cfg(fake_openai, tmp_path, limit=5))
+    assert len(fake_openai.log) == n
+
+
+def test_a_users_template_with_a_sidecar_schema(fake_openai, tmp_path):
+    template = tmp_path / "topic.j2"
+    template.write_text("{% block user %}Topic of: {{ premise }}{% endblock %}")
+    (tmp_path / "topic.schema.json").write_text(json.dumps({
+        "type": "object", "additionalProperties": False, "required": ["topic", "score"],
+        "properties": {"topic": {"type": "string"}, "score": {"type": "integer"}},
+    }))  # fmt: skip
+    run_generate(_cfg(fake_openai, tmp_path, recipe=str(template), limit=3))
+    assert fake_openai.log[0]["body"]["response_format"]["type"] == "json_schema"
+    rows = _rows(tmp_path / "out.jsonl")
+    assert all(isinstance(r["score"], int) and r["topic"] for r in rows)
+    assert not any("flagged" in r for r in rows)
+
+
+def test_report_says_the_teacher_was_unusable_instead_of_claiming_a_win():
+    from types import SimpleNamespace
+
+    from protege.report.views import verdict
+
+    paired = {"student": "s/best", "n": 120,
+              "paired_bootstrap": {"diff": 0.533, "ci_low": 0.44, "ci_high": 0.62, "p_value": 0.0},
+              "mcnemar": {"p_value": 0.0}}  # fmt: skip
+    speed = {"n_asked": 120, "n_answers": 120, "n_missing": 0, "n_flagged": 120}
+    run = SimpleNamespace(summary={"teacher": {"paired": paired, "speed": speed}},
+                          metric="accuracy", scale=lambda: 100)  # fmt: skip
+    line = verdict(run)
+    assert line.startswith("Not measured: 120 of the teacher's 120 zero-shot answers were flagged")
+    assert "+53.3" not in line
+    speed["n_flagged"] = 10  # a few flagged: the comparison stands
+    assert "+53.3 points accuracy" in verdict(run)
