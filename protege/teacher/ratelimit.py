@@ -26,6 +26,9 @@ from typing import Any
 
 SAFETY = 0.95
 """Share of the server's limit to aim at: its bucket and ours never tick in step."""
+BURST_S = 0.5
+"""A learned limit's bucket holds half a second's worth: requests that leave spaced out may
+arrive together, so our bursts stay well inside the server's (one second's worth)."""
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
@@ -84,10 +87,11 @@ class ServerLimits:
 
 
 class RateLimiter:
-    """A token bucket holding one second's worth; a request bigger than that waits for a full
-    bucket. `rate` (per second) may change while it runs."""
+    """A token bucket holding `burst_s` seconds' worth; a request bigger than that waits for a
+    full bucket. `rate` (per second) may change while it runs."""
 
-    def __init__(self, per_minute: float):
+    def __init__(self, per_minute: float, burst_s: float = 1.0):
+        self.burst_s = burst_s
         self.set_rate(per_minute)
         self.level = self.capacity
         self.stamp = time.monotonic()
@@ -97,7 +101,7 @@ class RateLimiter:
     def set_rate(self, per_minute: float) -> None:
         self.per_minute = per_minute
         self.rate = per_minute / 60.0
-        self.capacity = max(1.0, self.rate)
+        self.capacity = max(1.0, self.rate * self.burst_s)
         if hasattr(self, "level"):
             self.level = min(self.level, self.capacity)
 
@@ -156,12 +160,15 @@ class Pacer:
             self.limits = limits
             self.requests = self._tighten(self.requests, self.rpm_cap, limits.limit_requests)
             self.tokens = self._tighten(self.tokens, self.tpm_cap, limits.limit_tokens)
-            for bucket, left, reset in (
-                (self.requests, limits.remaining_requests, limits.reset_requests_s),
-                (self.tokens, limits.remaining_tokens, limits.reset_tokens_s),
-            ):
-                if bucket and left is not None and left < 1 and reset:
-                    bucket.block(reset)
+            for bucket, left, limit, reset in (
+                (self.requests, limits.remaining_requests, limits.limit_requests,
+                 limits.reset_requests_s),
+                (self.tokens, limits.remaining_tokens, limits.limit_tokens, limits.reset_tokens_s),
+            ):  # fmt: skip
+                if bucket and left is not None and left < 1 and reset and limit:
+                    # nothing left: wait for one request's worth to come back (the reset
+                    # header says when the whole quota is back, far more than needed)
+                    bucket.block(min(reset, 60.0 / limit))
         if status == 429 and headers is not None:
             wait = retry_after(headers)
             for bucket in (self.requests, self.tokens):
@@ -176,7 +183,7 @@ class Pacer:
             return bucket
         rate = stated * SAFETY if cap is None else min(cap, stated * SAFETY)
         if bucket is None:
-            return RateLimiter(rate)
+            return RateLimiter(rate, BURST_S)
         if abs(bucket.per_minute - rate) > 1e-9:
             bucket.set_rate(rate)
         return bucket
