@@ -135,21 +135,24 @@ def import_(file, prompt_field, response_field, model, system, temperature, seed
 
 
 @teacher.command("stats")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def stats(as_json: bool) -> None:
-    """Calls, tokens, cost and failures per model in the teacher store."""
+    """Calls, tokens, cost and failures per model; spend by day, model and run; the cap."""
     import json
 
     from rich.console import Console
     from rich.table import Table
 
+    from protege.teacher.spend import get_cap, spend_by, total_spent
     from protege.teacher.store import TeacherStore
 
     with TeacherStore() as store:
         rows = store.stats()
-        path = store.path
+        by = {what: spend_by(store, what) for what in ("day", "model", "run")}
+        cap, spent, path = get_cap(store), total_spent(store), store.path
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        out = {"models": rows, "spend_by": by, "cap_usd": cap, "spent_usd": spent}
+        click.echo(json.dumps(out, indent=2))
         return
     table = Table(title=str(path))
     for col in ("model", "calls", "ok", "failed", "imported", "input tok", "output tok", "cost",
@@ -159,7 +162,50 @@ def stats(as_json: bool) -> None:
         latency = f"{r['mean_latency_s']:.3f}s" if r["mean_latency_s"] is not None else "-"
         table.add_row(r["model"], *(str(r[k]) for k in ("calls", "ok", "failed", "imported",
                       "input_tokens", "output_tokens")), f"${r['cost_usd']:.4f}", latency)  # fmt: skip
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for what, items in by.items():
+        t = Table(title=f"spend by {what}", box=None)
+        cols = [what, "calls", "ok", "cost"] + (["wrote"] if what == "run" else [])
+        for col in cols:
+            t.add_column(col, justify="left" if col in (what, "wrote") else "right")
+        for r in items:
+            extra = [str(r.get("label") or "-")] if what == "run" else []
+            t.add_row(str(r[what]), str(r["calls"]), str(r["ok"]), f"${r['cost_usd']:.4f}", *extra)
+        console.print(t)
+    limit = f"cap ${cap:.2f}, ${max(0.0, cap - spent):.4f} left" if cap is not None else "no cap"
+    console.print(f"spent ${spent:.4f} in all; {limit} (`protege teacher cap set DOLLARS`)")
+
+
+@teacher.group("cap")
+def cap() -> None:
+    """A spending cap for the teacher store that no sequence of runs can pass."""
+
+
+@cap.command("set")
+@click.argument("dollars", type=float)
+def cap_set(dollars: float) -> None:
+    """Cap the store's total spend at DOLLARS (what was spent already counts)."""
+    from protege.teacher.spend import set_cap, total_spent
+    from protege.teacher.store import TeacherStore
+
+    if dollars < 0:
+        raise click.BadParameter("a cap is 0 dollars or more", param_hint="DOLLARS")
+    with TeacherStore() as store:
+        set_cap(store, dollars)
+        spent = total_spent(store)
+    click.echo(f"cap ${dollars:.2f} (spent so far ${spent:.4f})")
+
+
+@cap.command("clear")
+def cap_clear() -> None:
+    """Remove the store's spending cap."""
+    from protege.teacher.spend import set_cap
+    from protege.teacher.store import TeacherStore
+
+    with TeacherStore() as store:
+        set_cap(store, None)
+    click.echo("no cap")
 
 
 @teacher.group("key")

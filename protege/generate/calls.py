@@ -9,6 +9,7 @@ from protege.generate.config import GenerateConfig
 from protege.teacher.client import CallReport
 from protege.teacher.cost import Budget
 from protege.teacher.leases import new_run_id, start_run
+from protege.teacher.spend import StoreCap
 from protege.teacher.store import Answer, TeacherStore
 
 
@@ -37,7 +38,8 @@ def send(
     tcfg = cfg.teacher
     run_id = new_run_id()
     start_run(store, run_id, str(cfg.output))
-    budget = Budget(cfg.max_cost)
+    cap = StoreCap(store, run_id, tcfg.lease_s)
+    budget = Budget(cfg.max_cost, cap=cap if cap.cap is not None else None)
     counts = {"ok": 0, "failed": 0, "skipped": 0, "elsewhere": 0}
     status = {"line": ""}
     total = len(requests) + n_cached
@@ -77,5 +79,11 @@ def send(
             finally:
                 await client.close()
 
-        with endpoint(tcfg) as (base_url, api_key):
-            return asyncio.run(go())
+        try:
+            with endpoint(tcfg) as (base_url, api_key):
+                report = asyncio.run(go())
+        finally:
+            cap.close()
+    if cap.refused:
+        report.errors["cap"] = cap.refused
+    return report

@@ -31,6 +31,7 @@ from protege.generate.schema import response_format
 from protege.teacher.cost import estimate_prompt_tokens, worst_prompt_tokens
 from protege.teacher.prices import pricing, unknown_price
 from protege.teacher.replay import replay_miss
+from protege.teacher.spend import get_cap
 from protege.teacher.store import TeacherStore, request_key
 
 
@@ -127,7 +128,7 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
             first = records[next(i for i, ks in enumerate(keys) if set(ks) & set(todo))]
             where = f"{cfg.input}:{first.get('_line', '?')}"
             raise replay_miss(model, len(todo), len(distinct), where)
-        if todo and price is None and cfg.max_cost is not None:
+        if todo and price is None and (cfg.max_cost is not None or get_cap(store) is not None):
             raise unknown_price(tcfg)
         if todo:
             requests = [

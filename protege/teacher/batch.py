@@ -143,6 +143,9 @@ class BatchRunner:
                     "INSERT INTO batch_requests (batch_id, key, request) VALUES (?,?,?)",
                     [(bid, k, json.dumps(bodies[k], ensure_ascii=False)) for k in mine],
                 )
+                # its worst case stays claimed against the store's cap until it is collected
+                db.execute("INSERT INTO claims (owner, amount, expires_at) VALUES (?,?,?)",
+                           (f"batch:{bid}", sum(worst[k] for k in mine), now + WINDOW_S))  # fmt: skip
 
             got = lease(self.store, affordable, f"batch:{bid}", WINDOW_S, then=record)
             cost = sum(worst[k] for k in got.mine)
@@ -251,6 +254,7 @@ class BatchRunner:
                              "WHERE id=? AND status != 'collected'", (time.time(), bid))  # fmt: skip
             collected.append(cur.rowcount)
             db.execute("DELETE FROM leases WHERE owner=?", (owner,))
+            db.execute("DELETE FROM claims WHERE owner=?", (owner,))
 
         self.store.put_many(answers, owner=owner, extra=finish)
         if not collected[0]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 MESSAGE_OVERHEAD = 4  # tokens the chat format adds per message (role, separators)
 REPLY_OVERHEAD = 3
@@ -36,10 +37,15 @@ class Budget:
     limit: float | None
     spent: float = 0.0
     reserved: float = 0.0
+    cap: Any = None
+    """The store's spending cap (`spend.StoreCap`): asked for room beyond what it granted."""
 
     def reserve(self, worst: float) -> bool:
-        """Reserve `worst` dollars for one call; False if that could pass the limit."""
-        if self.limit is not None and self.spent + self.reserved + worst > self.limit + 1e-12:
+        """Reserve `worst` dollars for one call; False if that could pass the limit or cap."""
+        needed = self.spent + self.reserved + worst
+        if self.limit is not None and needed > self.limit + 1e-12:
+            return False
+        if self.cap is not None and not self.cap.allow(needed):
             return False
         self.reserved += worst
         return True
