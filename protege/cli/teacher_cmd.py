@@ -136,8 +136,11 @@ def import_(file, prompt_field, response_field, model, system, temperature, seed
 
 @teacher.command("stats")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-def stats(as_json: bool) -> None:
-    """Calls, tokens, cost and failures per model; spend by day, model and run; the cap."""
+@click.option("--by", type=click.Choice(["day", "model", "run"]), help="Only spend grouped so.")
+def stats(as_json: bool, by: str | None) -> None:
+    """Calls, tokens, cost and failures per model; spend by day, model and run; the cap.
+
+    `--json` prints the per-model rows; `--by run --json` the spend of each run."""
     import json
 
     from rich.console import Console
@@ -148,12 +151,13 @@ def stats(as_json: bool) -> None:
 
     with TeacherStore() as store:
         rows = store.stats()
-        by = {what: spend_by(store, what) for what in ("day", "model", "run")}
+        spends = {what: spend_by(store, what) for what in ("day", "model", "run")}
         cap, spent, path = get_cap(store), total_spent(store), store.path
     if as_json:
-        out = {"models": rows, "spend_by": by, "cap_usd": cap, "spent_usd": spent}
-        click.echo(json.dumps(out, indent=2))
+        click.echo(json.dumps(spends[by] if by else rows, indent=2))
         return
+    if by:
+        spends = {by: spends[by]}
     table = Table(title=str(path))
     for col in ("model", "calls", "ok", "failed", "imported", "input tok", "output tok", "cost",
                 "mean latency"):  # fmt: skip
@@ -163,8 +167,9 @@ def stats(as_json: bool) -> None:
         table.add_row(r["model"], *(str(r[k]) for k in ("calls", "ok", "failed", "imported",
                       "input_tokens", "output_tokens")), f"${r['cost_usd']:.4f}", latency)  # fmt: skip
     console = Console()
-    console.print(table)
-    for what, items in by.items():
+    if not by:
+        console.print(table)
+    for what, items in spends.items():
         t = Table(title=f"spend by {what}", box=None)
         cols = [what, "calls", "ok", "cost"] + (["wrote"] if what == "run" else [])
         for col in cols:
