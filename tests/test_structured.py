@@ -145,3 +145,16 @@ def test_report_says_the_teacher_was_unusable_instead_of_claiming_a_win():
     assert "+53.3" not in line
     speed["n_flagged"] = 10  # a few flagged: the comparison stands
     assert "+53.3 points accuracy" in verdict(run)
+
+
+def test_training_leaves_out_rows_below_min_confidence(tmp_path):
+    from protege.formats import TaskConfig
+    from protege.train.data import load_examples
+
+    path = tmp_path / "teacher.jsonl"
+    rows = [{"premise": "p", "hypothesis": f"h{i}", "label": "neutral", "confidence": c}
+            for i, c in enumerate([0.95, 0.4, 0.7, None])]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kept = load_examples(str(path), TaskConfig(), min_confidence=0.6)
+    assert kept.n_examples == 3 and kept.skipped_low_confidence == 1  # None: kept
+    assert load_examples(str(path), TaskConfig()).n_examples == 4

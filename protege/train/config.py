@@ -108,6 +108,10 @@ class TrainConfig:
     """Train even when dev rows are training rows (a shared uid, or every dev input also a
     training input); refused by default, a partial input overlap is only reported.
     `train_data` / `dev_data` take a row slice of a file: `dev.jsonl[:800]`, `dev.jsonl[800:]`."""
+    min_confidence: float | None = None
+    """Leave out training rows whose teacher `confidence` (label probability from logprobs, or
+    self-consistency share: `protege generate --recipe label`) is below this; rows without a
+    confidence are kept."""
     eval_batch_size: int = 64
     """Examples per device per evaluation batch."""
     mega_batch: int = 50

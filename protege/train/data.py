@@ -51,6 +51,7 @@ class DataSummary:
     n_examples: int = 0
     skipped_flagged: int = 0
     skipped_missing_rationale: int = 0
+    skipped_low_confidence: int = 0
     records: list[dict[str, Any]] = field(default_factory=list, repr=False)
     examples: list[Example] = field(default_factory=list, repr=False)
     groups: list[list[int]] = field(default_factory=list, repr=False)
@@ -63,14 +64,20 @@ class DataSummary:
             "examples": self.n_examples,
             "skipped_flagged": self.skipped_flagged,
             "skipped_missing_rationale": self.skipped_missing_rationale,
+            "skipped_low_confidence": self.skipped_low_confidence,
         }
 
 
 def load_examples(
-    source: str, task: TaskConfig, max_rows: int | None = None, split: str = "train"
+    source: str,
+    task: TaskConfig,
+    max_rows: int | None = None,
+    split: str = "train",
+    min_confidence: float | None = None,
 ) -> DataSummary:
     """Read records and turn them into examples; flagged rows (teacher output that did not
-    parse) are skipped and counted, as are rows without a rationale when the task says skip."""
+    parse) are skipped and counted, as are rows without a rationale when the task says skip and
+    rows whose teacher `confidence` is below `min_confidence`."""
     if not source:
         raise DataError("train config", "no data file given (train_data / dev_data)")
     path, rows = split_source(str(source))  # `dev.jsonl[800:]`: a slice of a file
@@ -85,6 +92,10 @@ def load_examples(
     for record in records:
         if record.get("flagged"):
             summary.skipped_flagged += 1
+            continue
+        confidence = record.get("confidence")
+        if min_confidence is not None and confidence is not None and confidence < min_confidence:
+            summary.skipped_low_confidence += 1
             continue
         examples = make_examples(task, record, str(source))
         if not examples:

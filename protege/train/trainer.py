@@ -230,7 +230,8 @@ def train_one(cfg: TrainConfig, out: Path, run_id: str, baseline: bool = False) 
     if task.input_prefix is None:  # the model's own task prefix (t5-small: "summarize: ")
         task = replace(task, input_prefix=model_task_prefix(model.config, task.type))
     start = decoder_start_id(model)
-    train = load_examples(cfg.train_data, task, cfg.max_train_rows)
+    train = load_examples(cfg.train_data, task, cfg.max_train_rows,
+                          min_confidence=cfg.min_confidence)  # fmt: skip
     dev = load_examples(cfg.dev_data, task, cfg.max_dev_rows, split="dev")
     refuse_selection_on_training_rows(cfg, task, train.records, dev.records)
     train_enc = encode(train.examples, tok, cfg.max_source_len, cfg.max_target_len, start)
