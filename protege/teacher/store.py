@@ -190,12 +190,17 @@ class TeacherStore:
         self.migrate()
 
     def migrate(self) -> None:
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        for i, step in enumerate(MIGRATIONS[version:], start=version + 1):
+        """Run the migrations not yet run, one transaction each. The version is read inside
+        the transaction: two processes opening a new store together never run one twice."""
+        while True:
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                step(self.db)
-                self.db.execute(f"PRAGMA user_version={i}")
+                version = self.db.execute("PRAGMA user_version").fetchone()[0]
+                if version >= len(MIGRATIONS):
+                    self.db.execute("COMMIT")
+                    return
+                MIGRATIONS[version](self.db)
+                self.db.execute(f"PRAGMA user_version={version + 1}")
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")

@@ -37,7 +37,7 @@ import hashlib
 import json
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -136,6 +136,21 @@ class FakeOpenAI:
         """The messages of every request that got a full, good answer."""
         return [e["body"]["messages"] for e in self.log if e["fault"] is None]
 
+    def stats(self) -> dict[str, int]:
+        """Counts for benchmarks: requests, 429s, good answers, prompts answered more than
+        once, and custom_ids submitted in more than one batch."""
+        good = Counter(json.dumps(e["body"]["messages"]) for e in self.log if e["fault"] is None)
+        submitted = self.batches.submitted
+        return {
+            "requests": len(self.log),
+            "rate_limited": self.limits.limited,
+            "answered": sum(good.values()),
+            "answered_more_than_once": sum(1 for n in good.values() if n > 1),
+            "batches": len(self.batches.batches),
+            "batch_ids": len(submitted),
+            "batch_ids_submitted_twice": sum(1 for n in submitted.values() if n > 1),
+        }
+
     def _next_fault(self, messages: list[dict[str, str]]) -> str | None:
         text = "\n".join(m.get("content", "") for m in messages)
         for needle, queue in self.prompt_faults.items():
@@ -210,6 +225,9 @@ class FakeOpenAI:
         headers = headers or {}
         if method == "GET" and path == "/_log":
             self._send(writer, 200, json.dumps(self.log).encode())
+            return True
+        if method == "GET" and path == "/_stats":
+            self._send(writer, 200, json.dumps(self.stats()).encode())
             return True
         if method == "GET" and path.endswith("/models"):
             status, payload = self._unauthorized(headers) or (200, api.models_list(self.models))
