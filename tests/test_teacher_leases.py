@@ -70,3 +70,17 @@ def test_two_processes_on_one_job_pay_for_each_prompt_once(fake_openai, tmp_path
         runs = store.db.execute("SELECT COUNT(DISTINCT run_id) FROM responses").fetchone()[0]
         assert store.db.execute("SELECT COUNT(*) FROM leases").fetchone()[0] == 0
     assert runs == 2  # both took part
+
+
+def test_processes_opening_a_new_store_together_migrate_it_once(tmp_path):
+    db = tmp_path / "new.db"
+    code = f"from protege.teacher.store import TeacherStore; TeacherStore({str(db)!r}).close()"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]  # fmt: skip
+    for p in procs:
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+    with TeacherStore(db) as store:
+        from protege.teacher.store import MIGRATIONS
+
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
