@@ -158,3 +158,29 @@ def test_training_leaves_out_rows_below_min_confidence(tmp_path):
     kept = load_examples(str(path), TaskConfig(), min_confidence=0.6)
     assert kept.n_examples == 3 and kept.skipped_low_confidence == 1  # None: kept
     assert load_examples(str(path), TaskConfig()).n_examples == 4
+
+
+def test_report_shows_teacher_accuracy_against_confidence(tmp_path):
+    from protege.report.confidence import accuracy_by_confidence, confidence_section
+    from protege.report.sections import RunFiles
+
+    rows = [
+        {"label": "neutral", "teacher_label": "neutral", "confidence": 0.95},
+        {"label": "neutral", "teacher_label": "entailment", "confidence": 0.92},
+        {"label": "entailment", "teacher_label": "entailment", "confidence": 0.99},
+        {"label": "entailment", "teacher_label": "neutral", "confidence": 0.3},
+        {"label": "entailment", "teacher_label": None, "flagged": "x", "confidence": 0.6},
+        {"label": "neutral", "teacher_label": "neutral"},  # no confidence: left out
+    ]
+    bins = accuracy_by_confidence(rows, LABELS, "label", "teacher_label")
+    assert [(b["n"], b["correct"]) for b in bins] == [(1, 0), (1, 0), (0, 0), (3, 2)]
+    assert bins[-1]["accuracy"] == pytest.approx(2 / 3) and bins[2]["accuracy"] is None
+    (tmp_path / "generate").mkdir()
+    (tmp_path / "generate" / "teacher-zeroshot.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows)
+    )
+    run = RunFiles(tmp_path, tmp_path / "report")
+    run.task, run.kind = {"label_field": "label", "labels": LABELS}, "classification"
+    section = confidence_section(run)
+    assert section.tables[0].rows[-1] == ["0.9–1.0", "3", "2", "66.7"]
+    assert section.figures and section.figures[0].path.exists()

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from protege.data.io import atomic_write_text
+from protege.report.confidence import confidence_section
 from protege.report.html import render_html
 from protege.report.markdown import render_markdown
 from protege.report.model import Report
@@ -47,6 +48,8 @@ def assemble_report(run_dir: str | Path, hourly_price_usd: float | None = None) 
         task_sections = [rouge_section(run)]
     else:
         task_sections = [bleu_curves_section(run), best_model_section(run)]
+        if confidence := confidence_section(run):  # only when the teacher recorded confidence
+            task_sections.append(confidence)
     sections = [
         hygiene_section(run),
         grid_section(run),

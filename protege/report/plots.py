@@ -93,3 +93,20 @@ def latency_bars(rows: list[tuple[str, float]], path: Path) -> Path | None:
     ax.invert_yaxis()
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
+
+
+def accuracy_vs_confidence(bins: list[dict[str, Any]], path: Path) -> Path | None:
+    """Accuracy per confidence bin, with the number of answers in each."""
+    shown = [b for b in bins if b["n"]]
+    if not shown:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    names = [f"{b['lo']:.1f}–{b['hi']:.1f}" for b in shown]
+    bars = ax.bar(names, [100 * b["accuracy"] for b in shown], color="tab:orange")
+    for bar, b in zip(bars, shown, strict=True):
+        ax.annotate(f"n={b['n']}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=8)  # fmt: skip
+    ax.set_xlabel("teacher confidence")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 105)
+    return _save(fig, path)
