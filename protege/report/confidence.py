@@ -23,7 +23,10 @@ def accuracy_by_confidence(
 ) -> list[dict[str, Any]]:
     """Per confidence bin [lo, hi) (the last one closed): rows, correct, accuracy. Rows without
     a confidence are left out; a flagged row (no label) counts wrong."""
-    out = [{"lo": lo, "hi": hi, "n": 0, "correct": 0} for lo, hi in zip(bins, bins[1:])]
+    out = [
+        {"lo": lo, "hi": hi, "n": 0, "correct": 0}
+        for lo, hi in zip(bins[:-1], bins[1:], strict=True)
+    ]
     for r in rows:
         c = r.get("confidence")
         if c is None:
