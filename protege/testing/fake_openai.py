@@ -7,7 +7,11 @@ its own process (`python -m protege.testing.fake_openai --latency 0.1`, which pr
 (reasoning models reject `max_tokens` and a non-default temperature), usage with reasoning
 and cached tokens, `x-ratelimit-*` / `x-request-id` / `openai-processing-ms` headers, the real
 error bodies, `GET /v1/models`, a 404 `model_not_found` for a model it does not serve, and a
-401 `invalid_api_key` when `api_key` is set and the request's Bearer key differs.
+401 `invalid_api_key` when `api_key` is set and the request's Bearer key differs. With `rpm` /
+`tpm` it enforces those limits and states them (`replica_limits.py`); `/v1/files` and
+`/v1/batches` run Batch API jobs over `batch_delay` seconds (`batch_api.py`); a request with a
+JSON schema (`response_format`) gets an answer that fits it, and `logprobs: true` gets
+token log-probabilities.
 
 It answers after `latency` seconds and can inject faults, taken in order from a global queue
 or from a queue per prompt substring:
