@@ -126,8 +126,19 @@ def import_(file, prompt_field, response_field, model, system, temperature, seed
     """Record existing teacher outputs (prompt -> response) so replaying them costs nothing.
 
     The model and parameters must be those a later `generate` uses: they are part of the key.
+    A file of answers the store once refused (`*.unwritten.jsonl`) is imported as it was saved.
     """
+    from protege.teacher import rescue
     from protege.teacher.importer import import_answers
+
+    if rescue.is_rescue_file(file):
+        from protege.teacher.store import TeacherStore
+
+        items = rescue.load(file)
+        with TeacherStore() as store:
+            store.put_many(items)
+        click.echo(f"imported {len(items)} saved answers from {file}; it can be removed")
+        return
 
     params = {"temperature": temperature, "seed": seed, "max_tokens": max_tokens}
     n = import_answers(file, prompt_field, response_field, model, system=system, params=params)

@@ -18,13 +18,16 @@ import asyncio
 import importlib
 import json
 import random
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from protege.errors import ConfigError
+from protege.redact import redact
 from protege.teacher.config import TeacherConfig
 from protege.teacher.cost import Budget
 from protege.teacher.failures import (
@@ -41,7 +44,7 @@ from protege.teacher.leases import LeasedQueue, new_run_id, release, renew
 from protege.teacher.params import ParamRules
 from protege.teacher.prices import Pricing, usage_counts
 from protege.teacher.ratelimit import Pacer, retry_after
-from protege.teacher.store import Answer, TeacherStore
+from protege.teacher.store import Answer, StoreWriteError, TeacherStore
 
 MAX_BACKOFF_S = 60.0
 
@@ -112,6 +115,7 @@ class ChatClient:
             openai.DefaultAsyncHttpxClient.__mro__[1].__module__.split(".")[0]
         )
         self.cfg = cfg
+        self.secrets = [api_key]  # redacted from every error kept or shown
         self.openai = openai
         self.response_type = hx.Response
         self.headers = {} if api_key else {"Authorization": openai.Omit()}
@@ -157,6 +161,7 @@ class ChatClient:
             )
         except o.APIStatusError as e:
             error, headers = ApiError.from_sdk(e), e.response.headers
+            error.message = redact(error.message, self.secrets)
             kind = classify(error)
             if kind == RETRY:
                 raise RetryableError(
@@ -166,15 +171,15 @@ class ChatClient:
         except o.APITimeoutError as e:
             raise RetryableError(f"timeout after {self.cfg.timeout_s:g}s") from e
         except o.APIConnectionError as e:
-            raise RetryableError(f"connection error: {e.__cause__ or e}") from e
+            cause = redact(str(e.__cause__ or e), self.secrets)
+            raise RetryableError(f"connection error: {cause}") from e
         try:
             body = json.loads(raw.content)
             choice = body["choices"][0]
             _ = choice["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError) as e:
-            raise RetryableError(
-                f"unreadable answer: {type(e).__name__}: {e}", headers=raw.headers
-            ) from e
+            what = redact(f"{type(e).__name__}: {e}", self.secrets)
+            raise RetryableError(f"unreadable answer: {what}", headers=raw.headers) from e
         return body, raw.headers
 
 
@@ -191,6 +196,7 @@ async def call_all(
     params: dict[str, Any] | None = None,
     extras: dict[str, Any] | None = None,
     progress: Callable[[str], None] = lambda line: None,
+    rescue_dirs: list[Path] = (),
 ) -> CallReport:
     """Send every request (not already stored) once; store each answer as it arrives.
 
@@ -200,7 +206,9 @@ async def call_all(
     `on_answer(kind, answer)` is told of each outcome: "ok", "failed", "elsewhere" (answered by
     another process) or "skipped" (budget, held by a batch, or not sent after a fatal answer).
     A fatal answer raises `TeacherFatal` once the requests in flight have finished and
-    everything answered is stored.
+    everything answered is stored. A store write that fails twice stops all sending at once;
+    every answer held is saved to a file (`rescue.py`: beside the store, or in one of
+    `rescue_dirs`) and `StoreWriteError` says where.
     """
     report = CallReport()
     run_id = run_id or new_run_id()
@@ -217,15 +225,30 @@ async def call_all(
         rules = ParamRules.for_config(cfg, learned)
     fatal: list[ApiError] = []
     unsent: list[Request] = []
+    store_error: list[str] = []  # the first failed write: nothing more is sent
+    unwritten: list[tuple[Answer, dict[str, Any]]] = []
+
+    def halted() -> bool:
+        return bool(fatal or store_error)
 
     def cost(tin: int, tout: int, cached: int = 0) -> float:
         return pricing.cost(tin, tout, cached) if pricing else 0.0
 
     def flush() -> None:
-        if pending:
-            batch = pending[:]
-            pending.clear()
-            store.put_many(batch, owner=run_id)
+        if not pending:
+            return
+        batch = pending[:]
+        pending.clear()
+        if not store_error:
+            for _ in range(2):  # one retry: a write can fail on a passing lock or I/O error
+                try:
+                    store.put_many(batch, owner=run_id)
+                    return
+                except sqlite3.Error as e:
+                    error = str(e)
+            store_error.append(error)
+            work.close()
+        unwritten.extend(batch)
 
     def record(answer: Answer, req: Request, sent: dict[str, Any]) -> None:
         if not pending:
@@ -234,15 +257,23 @@ async def call_all(
                    "params": req.params or job_params, "sent": sent}  # fmt: skip
         pending.append((answer, request))
 
+    async def next_request() -> Request | None:
+        try:
+            return await work.next()  # leases it: a store write
+        except sqlite3.Error as e:
+            store_error.append(str(e))
+            work.close()
+            return None
+
     async def worker() -> None:
-        while not fatal and (req := await work.next()) is not None:
+        while not halted() and (req := await next_request()) is not None:
             worst = cost(req.worst_prompt_tokens, cfg.max_tokens)
             if not budget.reserve(worst):
                 work.put_back(req)  # nothing more may be sent without risking the budget
                 work.close()
                 break
             result = await call_one(req)
-            if result is None:  # a fatal answer: this request was not answered
+            if result is None:  # stopped (fatal answer, failed write): not answered
                 budget.settle(worst, 0.0)
                 unsent.append(req)
                 continue
@@ -261,14 +292,18 @@ async def call_all(
     async def heartbeat() -> None:
         while True:
             await asyncio.sleep(cfg.lease_s / 3)
-            renew(store, run_id, cfg.lease_s)
+            try:
+                renew(store, run_id, cfg.lease_s)
+            except sqlite3.Error as e:
+                store_error.append(str(e))
+                work.close()
 
     async def call_one(req: Request) -> tuple[Answer, dict[str, Any]] | None:
         error, tries, fixes = "", 0, 0
         canonical = {**(req.params or job_params), **extras}
         params = rules.apply(canonical)
         tokens = (req.est_tokens or req.worst_prompt_tokens) + cfg.max_tokens
-        while tries <= cfg.max_retries and not fatal:
+        while tries <= cfg.max_retries and not halted():
             await pacer.acquire(tokens)
             params = rules.apply(canonical)
             start = time.monotonic()
@@ -287,7 +322,10 @@ async def call_all(
                 if e.kind == FIX and fixes < len(canonical):
                     fix = rules.learn(e.error.as_dict())
                     if fix:
-                        store.put_param_rule(rules.endpoint, rules.model, *fix, e.error.message)
+                        try:
+                            store.put_param_rule(rules.endpoint, rules.model, *fix, e.error.message)
+                        except sqlite3.Error:
+                            pass  # a rule not remembered is learned again next run
                         report.learned.append(f"{cfg.model_name}: {fix[0]} -> {fix[1]}")
                     if rules.apply(canonical) != params:  # learned here or by another worker
                         fixes += 1
@@ -320,7 +358,7 @@ async def call_all(
                 logprobs=token_logprobs(choice),
             )
             return answer, params
-        if fatal:
+        if halted():
             return None
         failed = Answer(req.key, cfg.model_name, "failed", attempts=tries + fixes, run_id=run_id,
                         error=f"{error} (after {cfg.max_retries + 1} tries)")  # fmt: skip
@@ -333,7 +371,10 @@ async def call_all(
     finally:
         beat.cancel()
         flush()
-        release(store, run_id)
+        try:
+            release(store, run_id)
+        except sqlite3.Error:
+            pass  # leases of a dead run expire by themselves
     report.elsewhere = len(work.done)
     report.in_batch = len(work.in_batch)
     for _ in range(report.elsewhere):
@@ -341,6 +382,8 @@ async def call_all(
     report.skipped = work.left() + len(unsent)
     for _ in range(report.skipped):
         on_answer("skipped", None)
+    if store_error:
+        raise _store_failed(store, store_error[0], unwritten, report, rescue_dirs)
     if fatal:
         served = await client.models() if fatal[0].status == 404 else None
         line = fatal_message(fatal[0], cfg.model_name, cfg.endpoint_url, cfg.key_env, served)
@@ -349,6 +392,27 @@ async def call_all(
             "a rerun sends only what is missing)"
         )
     return report
+
+
+def _store_failed(
+    store: TeacherStore, error: str, unwritten: list, report: CallReport, dirs: list[Path]
+) -> StoreWriteError:
+    """Save the answers the store refused and say where they are, in one line."""
+    from protege.teacher import rescue
+
+    saved = rescue.save(unwritten, store.path, list(dirs))
+    where = (
+        f"{len(unwritten)} answers saved to {saved} ("
+        + ("imported when the store next opens" if saved.parent == store.path.parent.resolve()
+           else f"`protege teacher import {saved}` once there is room")
+        + ")"
+        if saved else f"{len(unwritten)} answers could not be saved anywhere"
+    )  # fmt: skip
+    return StoreWriteError(
+        f"teacher store {store.path}: write failed ({error}); stopped sending at once: "
+        f"{report.ok + report.failed - len(unwritten)} answers stored, {where}, "
+        f"{report.skipped} requests not sent; free some space and rerun"
+    )
 
 
 def token_logprobs(choice: dict[str, Any]) -> str | None:

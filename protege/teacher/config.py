@@ -90,6 +90,13 @@ class TeacherConfig:
             raise ValueError("self_consistency: must be at least 1")
         if not 1 <= self.batch_max_requests <= 50_000:
             raise ValueError("batch_max_requests: must be between 1 and 50000")
+        if self.base_url:
+            parts = urlsplit(self.base_url)
+            if parts.username or parts.password:  # never echo it: it holds a password
+                raise ValueError(
+                    "base_url: has a user:password@ part; remove it and put the key in an "
+                    "environment variable named by teacher.api_key_env"
+                )
 
     @property
     def model_name(self) -> str:

@@ -14,9 +14,12 @@ def load_keys() -> dict[str, str]:
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text())
+        keys = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON ({e.msg})") from e
+    if not isinstance(keys, dict) or not all(isinstance(v, str) for v in keys.values()):
+        raise ConfigError(f'{path}: expected a JSON object of names to keys, {{"NAME": "key"}}')
+    return keys
 
 
 def set_key(name: str, value: str) -> None:

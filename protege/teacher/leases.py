@@ -111,7 +111,7 @@ def lease(store: TeacherStore, keys: Iterable[str], owner: str, ttl_s: float, th
             then(db, out.mine)
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        store._rollback()  # not when SQLite has already rolled back (a full disk)
         raise
     return out
 
@@ -126,7 +126,7 @@ def renew(store: TeacherStore, owner: str, ttl_s: float) -> None:
         db.execute("UPDATE claims SET expires_at=? WHERE owner=?", (until, owner))
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        store._rollback()  # not when SQLite has already rolled back (a full disk)
         raise
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from protege.errors import ProtegeError
 from protege.paths import teacher_db_path
 
 
@@ -176,18 +178,54 @@ _COLUMNS = (
 )
 
 
+class StoreWriteError(ProtegeError):
+    """The store refused a write (disk full, read-only): sending stopped, answers were kept."""
+
+
 class TeacherStore:
-    """A connection to the store. Use from one thread (the event loop's)."""
+    """A connection to the store. Use from one thread (the event loop's).
+
+    The store holds prompts and paid answers: its directory is created 700 and its files
+    (database, WAL, shared memory) are kept 600. Answers a failed write left in a file beside
+    it (`rescue.py`) are imported when it opens.
+    """
 
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path else teacher_db_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self.path.exists():  # created private before SQLite opens it
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode: a commit survives a killed process (the OS holds it); only a power
         # cut can drop the last commits, and it never corrupts the file.
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.migrate()
+        self._make_private()
+        self.import_rescued()
+
+    def _make_private(self) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.chmod(str(self.path) + suffix, 0o600)
+            except OSError:  # not there, or not ours
+                pass
+
+    def import_rescued(self) -> int:
+        """Import the files of answers a failed write left beside the store; returns the count.
+        A file is removed once its answers are committed; if the store still refuses, it stays."""
+        from protege.teacher import rescue
+
+        n = 0
+        for path in rescue.pending(self.path):
+            try:
+                items = rescue.load(path)
+                self.put_many(items)
+            except (sqlite3.Error, ValueError, KeyError, TypeError):
+                continue
+            path.unlink(missing_ok=True)
+            n += len(items)
+        return n
 
     def migrate(self) -> None:
         """Run the migrations not yet run, one transaction each. The version is read inside
@@ -203,7 +241,7 @@ class TeacherStore:
                 self.db.execute(f"PRAGMA user_version={version + 1}")
                 self.db.execute("COMMIT")
             except BaseException:
-                self.db.execute("ROLLBACK")
+                self._rollback()
                 raise
 
     def close(self) -> None:
@@ -279,8 +317,14 @@ class TeacherStore:
                 extra(self.db)
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self._rollback()
             raise
+
+    def _rollback(self) -> None:
+        # SQLite has already rolled back after some errors (SQLITE_FULL, SQLITE_IOERR): a second
+        # ROLLBACK would raise "no transaction is active" and hide the real error.
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
 
     def param_rules(self, endpoint: str, model: str) -> dict[str, str]:
         """What `endpoint` was learned to accept for `model`: {canonical param: action}."""

@@ -22,6 +22,8 @@ or from a queue per prompt substring:
     400        HTTP 400 a request error (not worth retrying)
     401, 403   a bad key, a forbidden region
     404        model_not_found
+    echo-key   HTTP 400 whose message repeats the request's Authorization header (as some
+               proxies do): a key must never be stored or printed from an error
     timeout    never answers (the client's timeout fires)
     drop       closes the connection without a response
     malformed  HTTP 200 whose body is not JSON
@@ -286,7 +288,16 @@ class FakeOpenAI:
             self._send(writer, 429, payload, f"retry-after: {wait}\r\n")
             await writer.drain()
             return True
-        status, payload = self._complete(body, fault)
+        if fault == "echo-key":  # a proxy repeating the request's credentials
+            auth = headers.get("authorization")
+            status, payload = (
+                400,
+                api.error(
+                    f"upstream refused the request (Authorization: {auth})", "invalid_request_error"
+                ),
+            )
+        else:
+            status, payload = self._complete(body, fault)
         self._send(writer, status, payload)
         await writer.drain()
         return True

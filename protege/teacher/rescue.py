@@ -1,0 +1,77 @@
+"""Paid answers the store could not take (disk full, read-only disk): kept in a JSONL file.
+
+When a store write fails, `call_all` stops sending and hands every answer it holds to `save`,
+which writes them, as the store's own rows, to the first directory that takes them: beside the
+store (imported by itself the next time the store opens), then the other directories given
+(the output's), the working directory and the temp directory. `protege teacher import FILE`
+imports such a file by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from protege.teacher.store import Answer
+
+SUFFIX = ".unwritten.jsonl"
+
+Item = tuple[Answer, dict[str, Any]]
+
+
+def save(items: list[Item], store_path: Path, extra_dirs: list[Path] = ()) -> Path | None:
+    """Write `items` to `<store name>.<time>-<pid>.unwritten.jsonl` in the first directory that
+    takes the whole file (temp file, fsync, rename; mode 600); None if none does."""
+    name = f"{store_path.name}.{int(time.time())}-{os.getpid()}{SUFFIX}"
+    text = "".join(
+        json.dumps({**dataclasses.asdict(a), "request": req}, ensure_ascii=False) + "\n"
+        for a, req in items
+    ).encode()
+    dirs = [store_path.parent, *extra_dirs, Path.cwd(), Path(tempfile.gettempdir())]
+    for d in dict.fromkeys(Path(x).resolve() for x in dirs):
+        target, tmp = d / name, d / (name + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+            return target
+        except OSError:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+    return None
+
+
+def is_rescue_file(path: str | Path) -> bool:
+    """Whether `path` is a file `save` wrote (its rows are store rows with their request)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = json.loads(f.readline() or "{}")
+    except (OSError, ValueError):
+        return False
+    return isinstance(first, dict) and {"key", "status", "request"} <= set(first)
+
+
+def load(path: str | Path) -> list[Item]:
+    """The (answer, request) pairs in a file `save` wrote."""
+    names = {f.name for f in dataclasses.fields(Answer)}
+    items = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            items.append((Answer(**{k: v for k, v in row.items() if k in names}), row["request"]))
+    return items
+
+
+def pending(store_path: Path) -> list[Path]:
+    """Files `save` left beside the store, oldest first."""
+    return sorted(store_path.parent.glob(f"{store_path.name}.*{SUFFIX}"))
