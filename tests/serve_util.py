@@ -9,6 +9,9 @@ property is checked on real outputs and can fail.
 from __future__ import annotations
 
 import json
+import socket
+import threading
+import time
 from pathlib import Path
 
 from protege.data.samples import sample_path
@@ -79,3 +82,41 @@ def trained_model(config, fmt: str = "label+rationale") -> Path:
             tmp.rename(out)
         shutil.rmtree(tmp.parent, ignore_errors=True)
     return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """uvicorn in a background thread; `stop()` is a graceful shutdown (as on SIGTERM)."""
+
+    def __init__(self, predictor, **kw):
+        import uvicorn
+
+        from protege.serve.server import ServeConfig, create_app, uvicorn_config
+
+        self.cfg = ServeConfig(port=free_port(), **kw)
+        app = create_app(predictor, self.cfg)
+        self.metrics = app.state.metrics
+        config = uvicorn_config(app, self.cfg, timeout_graceful_shutdown=10)
+        self.server = uvicorn.Server(config)
+        self.url = f"http://127.0.0.1:{self.cfg.port}"
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            assert time.time() < deadline, "server did not start"
+            time.sleep(0.02)
+        return self
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(30)
+
+    def __exit__(self, *exc):
+        self.stop()

@@ -11,12 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 from click.testing import CliRunner
-from serve_util import nli_rows, trained_model
+from serve_util import Server, nli_rows, trained_model
 
 from protege.cli import main
 from protege.errors import ProtegeError
 from protege.serve.predictor import Predictor
-from protege.serve.server import ServeConfig, check_key_policy, create_app, is_loopback
+from protege.serve.server import check_key_policy, is_loopback
 
 pytestmark = pytest.mark.slow
 
@@ -26,49 +26,13 @@ def predictor(pytestconfig):
     return Predictor.load(trained_model(pytestconfig))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """uvicorn in a background thread; `stop()` is a graceful shutdown (as on SIGTERM)."""
-
-    def __init__(self, predictor, **kw):
-        import uvicorn
-
-        self.cfg = ServeConfig(port=free_port(), **kw)
-        app = create_app(predictor, self.cfg)
-        self.metrics = app.state.metrics
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.cfg.port, log_level="warning",
-            timeout_graceful_shutdown=10,
-        )  # fmt: skip
-        self.server = uvicorn.Server(config)
-        self.url = f"http://127.0.0.1:{self.cfg.port}"
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            assert time.time() < deadline, "server did not start"
-            time.sleep(0.02)
-        return self
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(30)
-
-    def __exit__(self, *exc):
-        self.stop()
-
-
 @pytest.fixture(scope="module")
 def server(predictor):
     with Server(predictor, max_body_bytes=20_000, max_input_chars=2_000, max_inputs=50) as s:
         yield s
+
+
+JSON = {"content-type": "application/json"}
 
 
 def post(url, body, **kw):
@@ -119,7 +83,7 @@ def test_healthz_and_metrics(server):
     ],
 )
 def test_bad_requests_get_a_one_line_reason(server, body, status, reason):
-    r = httpx.post(server.url + "/v1/predict", content=body, timeout=30)
+    r = httpx.post(server.url + "/v1/predict", content=body, timeout=30, headers=JSON)
     assert r.status_code == status, r.text
     assert reason in r.json()["error"] and "\n" not in r.json()["error"]
 
@@ -163,7 +127,7 @@ def test_slow_client_does_not_stall_others(predictor):
     with Server(predictor, body_timeout_s=3) as s:
         slow = socket.create_connection(("127.0.0.1", s.cfg.port))
         slow.sendall(
-            b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             b'Content-Length: 1000\r\n\r\n{"inputs": ['
         )
         t0 = time.perf_counter()

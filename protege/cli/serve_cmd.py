@@ -64,38 +64,65 @@ def export(model_dir, fmt, quantization, output, check) -> None:
 @click.command()
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True)
-@click.option("--api-key", envvar="PROTEGE_API_KEY", help="Required unless bound to loopback.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--api-key-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="File holding the API key (first line). Or set $PROTEGE_API_KEY.",
+)
+@click.option(
+    "--api-key",
+    envvar="PROTEGE_API_KEY",
+    help="The API key; on the command line it shows in `ps`: prefer $PROTEGE_API_KEY or "
+    "--api-key-file. Required unless bound to loopback.",
+)
+@click.option(
+    "--allowed-host", multiple=True, help="Host header name to accept besides localhost (repeat)."
+)
+@click.option("--cors-origin", multiple=True, help="Browser origin allowed to call (repeat).")
 @click.option("--max-batch-size", default=32, show_default=True)
+@click.option("--max-batch-tokens", default=4096, show_default=True)
 @click.option("--max-wait-ms", default=5.0, show_default=True)
 @click.option("--max-body-bytes", default=1_000_000, show_default=True)
 @click.option("--max-input-chars", default=10_000, show_default=True)
+@click.option("--max-connections", default=1000, show_default=True)
+@click.option("--header-timeout", default=10.0, show_default=True, help="Seconds.")
 @click.option("--fast/--generate", default=True, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
-def serve(
-    model_dir,
-    host,
-    port,
-    api_key,
-    max_batch_size,
-    max_wait_ms,
-    max_body_bytes,
-    max_input_chars,
-    fast,
-    device,
-) -> None:
+@click.pass_context
+def serve(ctx, model_dir, host, port, api_key_file, api_key, allowed_host, cors_origin,
+          max_batch_size, max_batch_tokens, max_wait_ms, max_body_bytes, max_input_chars,
+          max_connections, header_timeout, fast, device) -> None:  # fmt: skip
     """Serve the student in MODEL_DIR over HTTP: POST /v1/predict, /healthz, /metrics."""
+    from click.core import ParameterSource
+
     from protege.serve.predictor import Predictor
     from protege.serve.server import ServeConfig, check_key_policy, serve
 
+    if api_key_file:
+        lines = open(api_key_file, encoding="utf-8").read().splitlines()
+        api_key = lines[0].strip() if lines else ""
+        if not api_key:
+            raise click.ClickException(f"{api_key_file}: no key on its first line")
+    elif api_key and ctx.get_parameter_source("api_key") == ParameterSource.COMMANDLINE:
+        click.echo(
+            "warning: --api-key is visible to every user in `ps`; "
+            "use $PROTEGE_API_KEY or --api-key-file",
+            err=True,
+        )
     cfg = ServeConfig(
         host=host,
         port=port,
-        api_key=api_key,
+        api_key=api_key or None,
         max_batch_size=max_batch_size,
+        max_batch_tokens=max_batch_tokens,
         max_wait_ms=max_wait_ms,
         max_body_bytes=max_body_bytes,
         max_input_chars=max_input_chars,
+        max_connections=max_connections,
+        header_timeout_s=header_timeout,
+        allowed_hosts=list(allowed_host),
+        cors_origins=list(cors_origin),
         fast=fast,
     )
     check_key_policy(host, api_key)  # before loading the model

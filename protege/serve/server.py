@@ -5,12 +5,14 @@
     GET  /healthz     liveness and what is loaded
     GET  /metrics     Prometheus text: requests, latency histogram, batch sizes, errors
 
-Concurrent requests are gathered into micro-batches: the first queued input opens a window of
-at most `max_wait_ms`, closed early once `max_batch_size` inputs are waiting; the model runs
-in one worker thread so the event loop keeps accepting and reading other clients meanwhile.
-Bodies are read with a size limit and a deadline, so an oversized or slow client costs only
-its own connection. On shutdown uvicorn stops accepting, lets in-flight requests finish, then
-the batcher drains.
+No client can hurt another. Every input is checked before it is queued (one bad input gets
+its request a 422, nothing else); concurrent requests share fair, bounded micro-batches
+(`batcher.py`: a small request waits at most one batch behind a large one) and a failing model
+call is retried input by input; a 500 says only an error id, the traceback goes to the log.
+Bodies are read with a size limit and a deadline; connections that never finish their headers
+are timed out and capped (`connections.py`); web pages cannot use a server on this machine
+(`origin.py`). On shutdown uvicorn stops accepting, lets in-flight requests finish, then the
+batcher drains.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads route annotations at runtime.
@@ -18,16 +20,20 @@ import asyncio
 import hmac
 import ipaddress
 import json
+import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+import uuid
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from protege.errors import DataError, ProtegeError
+from protege.serve.batcher import Batcher
 from protege.serve.metrics import Metrics
 from protege.serve.predictor import Predictor
+
+log = logging.getLogger("protege.serve")
 
 API_KEY_ENV = "PROTEGE_API_KEY"
 
@@ -44,6 +50,9 @@ class ServeConfig:
     """Required as `Authorization: Bearer KEY` or `X-API-Key: KEY`; default $PROTEGE_API_KEY."""
     max_batch_size: int = 32
     """Most inputs per model call."""
+    max_batch_tokens: int = 4096
+    """Most estimated tokens (encoder + decoder) per model call: bounds how long one batch
+    holds the model, so a small request waits at most one such batch."""
     max_wait_ms: float = 5.0
     """Longest an input waits for others to join its micro-batch."""
     max_body_bytes: int = 1_000_000
@@ -58,6 +67,33 @@ class ServeConfig:
     """Score the closed label set instead of generating, where the task allows."""
     graceful_timeout_s: float = 30.0
     """On shutdown, how long in-flight requests get to finish."""
+    header_timeout_s: float = 10.0
+    """A connection that has not sent a whole request head by then is closed."""
+    max_connections: int = 1000
+    """Open connections; past it, the oldest that never sent a request is dropped (or 503)."""
+    keep_alive_s: int = 5
+    """An idle keep-alive connection is closed after this long."""
+    allowed_hosts: list[str] = field(default_factory=list)
+    """Host header names accepted besides localhost, 127.0.0.1, [::1] and the bound host."""
+    cors_origins: list[str] = field(default_factory=list)
+    """Browser origins allowed to call the server (none: cross-origin requests get 403)."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (1 <= self.port <= 65535, "port: must be 1..65535"),
+            (self.max_batch_size >= 1, "max_batch_size: must be at least 1"),
+            (self.max_batch_tokens >= 1, "max_batch_tokens: must be at least 1"),
+            (0 <= self.max_wait_ms < 60_000, "max_wait_ms: must be 0..60000"),
+            (self.max_body_bytes >= 1, "max_body_bytes: must be at least 1"),
+            (self.max_inputs >= 1, "max_inputs: must be at least 1"),
+            (self.max_input_chars >= 1, "max_input_chars: must be at least 1"),
+            (self.body_timeout_s > 0, "body_timeout_s: must be positive"),
+            (self.header_timeout_s > 0, "header_timeout_s: must be positive"),
+            (self.max_connections >= 1, "max_connections: must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ProtegeError(f"serve: {message}")
 
 
 def is_loopback(host: str) -> bool:
@@ -85,78 +121,12 @@ class RequestError(Exception):
         self.status, self.reason, self.kind = status, reason, kind
 
 
-class Batcher:
-    """Gathers queued inputs into micro-batches and runs the model in one worker thread."""
-
-    def __init__(self, predictor: Predictor, cfg: ServeConfig, metrics: Metrics):
-        self.predictor, self.cfg, self.metrics = predictor, cfg, metrics
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="protege-model")
-        self.task: asyncio.Task | None = None
-
-    async def start(self) -> None:
-        self.task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        """Finish everything queued, then stop the worker."""
-        await self.queue.join()
-        if self.task:
-            self.task.cancel()
-        self.executor.shutdown(wait=True)
-
-    async def submit(self, sources: list[str], rationale: bool) -> list[dict[str, Any]]:
-        loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in sources]
-        for source, future in zip(sources, futures, strict=True):
-            self.queue.put_nowait((source, rationale, future))
-        return list(await asyncio.gather(*futures))
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = [await self.queue.get()]
-            deadline = loop.time() + self.cfg.max_wait_ms / 1000
-            while len(batch) < self.cfg.max_batch_size:
-                try:
-                    batch.append(self.queue.get_nowait())
-                    continue
-                except asyncio.QueueEmpty:
-                    pass
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self.queue.get(), remaining))
-                except TimeoutError:
-                    break
-            for rationale in (False, True):
-                group = [item for item in batch if item[1] is rationale]
-                if group:
-                    await self._predict(group, rationale)
-            for _ in batch:
-                self.queue.task_done()
-
-    async def _predict(self, group: list, rationale: bool) -> None:
-        sources = [source for source, _, _ in group]
-        self.metrics.batch(len(sources))
-        try:
-            preds = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self.predictor.predict, sources, rationale, self.cfg.fast
-            )
-        except Exception as e:  # a model failure answers these requests, not the server
-            for _, _, future in group:
-                if not future.done():
-                    future.set_exception(e)
-            return
-        for (_, _, future), pred in zip(group, preds, strict=True):
-            if not future.done():  # the client may have gone away
-                future.set_result(pred)
-
-
 def create_app(predictor: Predictor, cfg: ServeConfig):
-    """The FastAPI app; `cfg.api_key` (or $PROTEGE_API_KEY) turns authentication on."""
+    """The ASGI app; `cfg.api_key` (or $PROTEGE_API_KEY) turns authentication on."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, PlainTextResponse
+
+    from protege.serve.origin import OriginGuard
 
     metrics = Metrics()
     api_key = cfg.api_key or os.environ.get(API_KEY_ENV) or None
@@ -164,7 +134,10 @@ def create_app(predictor: Predictor, cfg: ServeConfig):
 
     @asynccontextmanager
     async def lifespan(app):
-        state["batcher"] = Batcher(predictor, cfg, metrics)
+        state["batcher"] = Batcher(
+            predictor, metrics, cfg.max_batch_size, cfg.max_wait_ms, cfg.max_batch_tokens,
+            cfg.fast,
+        )  # fmt: skip
         await state["batcher"].start()
         yield
         await state["batcher"].stop()
@@ -190,7 +163,10 @@ def create_app(predictor: Predictor, cfg: ServeConfig):
     @app.middleware("http")
     async def count(request: Request, call_next):
         t0 = time.perf_counter()
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception:  # a bug: logged with an id, and only the id goes to the client
+            response = internal_error("internal", metrics)
         path = request.url.path
         known = path in ("/v1/predict", "/healthz", "/metrics")
         seconds = time.perf_counter() - t0 if path == "/v1/predict" else None
@@ -211,30 +187,67 @@ def create_app(predictor: Predictor, cfg: ServeConfig):
     async def predict(request: Request):
         authorise(request)
         payload = parse_body(await read_body(request, cfg), cfg)
-        sources = []
-        for i, item in enumerate(payload["inputs"]):
-            if not isinstance(item, dict | str):
-                raise RequestError(422, f"inputs[{i}]: expected a record or a string", "invalid")
-            try:
-                source = predictor.source(item, source=f"inputs[{i}]")
-            except DataError as e:
-                raise RequestError(422, str(e), "invalid") from e
-            if len(source) > cfg.max_input_chars:
-                raise RequestError(
-                    422,
-                    f"inputs[{i}]: {len(source)} characters, over the limit of "
-                    f"{cfg.max_input_chars}",
-                    "input_too_long",
-                )
-            sources.append(source)
+        sources = [
+            input_source(predictor, item, i, cfg) for i, item in enumerate(payload["inputs"])
+        ]
         try:
             preds = await state["batcher"].submit(sources, payload["rationale"])
-        except Exception as e:
-            metrics.error("model")
-            return JSONResponse({"error": f"prediction failed: {e}"}, status_code=500)
+        except Exception:
+            return internal_error("model", metrics)
         return {"predictions": preds}
 
-    return app
+    guarded: Any = app
+    if cfg.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        guarded = CORSMiddleware(
+            app, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"],
+            allow_headers=["content-type", "authorization", "x-api-key"],
+        )  # fmt: skip
+    guarded = OriginGuard(
+        guarded, cfg.host, cfg.allowed_hosts, cfg.cors_origins,
+        check_host=not api_key or bool(cfg.allowed_hosts),
+    )  # fmt: skip
+    guarded.state = app.state
+    return guarded
+
+
+def internal_error(kind: str, metrics: Metrics):
+    """A 500 that names an error id; the traceback is logged under that id."""
+    from fastapi.responses import JSONResponse
+
+    error_id = uuid.uuid4().hex[:12]
+    log.exception("%s error %s", kind, error_id)
+    metrics.error(kind)
+    return JSONResponse({"error": f"internal error (id {error_id})"}, status_code=500)
+
+
+def input_source(predictor: Predictor, item: Any, i: int, cfg: ServeConfig) -> str:
+    """The encoder input for `inputs[i]`, or a 422 naming what is wrong with it."""
+    where = f"inputs[{i}]"
+    if not isinstance(item, dict | str):
+        raise RequestError(422, f"{where}: expected a record or a string", "invalid")
+    try:
+        source = predictor.source(item, source=where)
+    except DataError as e:
+        raise RequestError(422, str(e), "invalid") from e
+    except (TypeError, ValueError, KeyError, RecursionError) as e:
+        raise RequestError(422, f"{where}: cannot render this record", "invalid") from e
+    if len(source) > cfg.max_input_chars:
+        raise RequestError(
+            422,
+            f"{where}: {len(source)} characters, over the limit of {cfg.max_input_chars}",
+            "input_too_long",
+        )
+    if not source.strip() or (isinstance(item, str) and not item.strip()):
+        raise RequestError(422, f"{where}: empty input", "invalid")
+    try:
+        source.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise RequestError(
+            422, f"{where}: not valid Unicode (a lone surrogate at character {e.start})", "invalid"
+        ) from e
+    return source
 
 
 async def read_body(request, cfg: ServeConfig) -> bytes:
@@ -257,11 +270,17 @@ async def read_body(request, cfg: ServeConfig) -> bytes:
                 )
             chunks.append(chunk)
 
+    from starlette.requests import ClientDisconnect
+
     try:
         await asyncio.wait_for(receive(), cfg.body_timeout_s)
     except TimeoutError as e:
         raise RequestError(
             408, f"body not received within {cfg.body_timeout_s:g}s", "timeout"
+        ) from e
+    except ClientDisconnect as e:  # nobody to answer: counted, not logged
+        raise RequestError(
+            400, "client disconnected before sending the body", "disconnected"
         ) from e
     return b"".join(chunks)
 
@@ -273,6 +292,8 @@ def parse_body(body: bytes, cfg: ServeConfig) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         msg = e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8"
         raise RequestError(400, f"body is not valid JSON ({msg})", "bad_json") from e
+    except RecursionError as e:
+        raise RequestError(400, "body is nested too deeply", "bad_json") from e
     if not isinstance(payload, dict) or "inputs" not in payload:
         raise RequestError(422, "missing field 'inputs' (a list of records or strings)", "invalid")
     inputs = payload["inputs"]
@@ -290,6 +311,24 @@ def parse_body(body: bytes, cfg: ServeConfig) -> dict[str, Any]:
     return {"inputs": inputs, "rationale": rationale}
 
 
+def uvicorn_config(app, cfg: ServeConfig, **kw: Any):
+    """uvicorn's config with the connection guards (`connections.py`); `kw` overrides."""
+    import uvicorn
+
+    from protege.serve.connections import guarded_protocol, quiet_repeats, raise_fd_limit
+
+    quiet_repeats()
+    raise_fd_limit(cfg.max_connections + 256)  # room for the cap, the model and the log
+    options = dict(
+        host=cfg.host, port=cfg.port, log_level="warning",
+        timeout_graceful_shutdown=int(cfg.graceful_timeout_s),
+        http=guarded_protocol(cfg.header_timeout_s, cfg.max_connections),
+        timeout_keep_alive=cfg.keep_alive_s, h11_max_incomplete_event_size=16 * 1024,
+        backlog=2048,
+    )  # fmt: skip
+    return uvicorn.Config(app, **{**options, **kw})
+
+
 def serve(predictor: Predictor, cfg: ServeConfig) -> None:
     """Run the server until interrupted (SIGINT/SIGTERM shut it down gracefully)."""
     import uvicorn
@@ -297,10 +336,4 @@ def serve(predictor: Predictor, cfg: ServeConfig) -> None:
     api_key = cfg.api_key or os.environ.get(API_KEY_ENV) or None
     check_key_policy(cfg.host, api_key)
     cfg.api_key = api_key
-    uvicorn.run(
-        create_app(predictor, cfg),
-        host=cfg.host,
-        port=cfg.port,
-        log_level="warning",
-        timeout_graceful_shutdown=int(cfg.graceful_timeout_s),
-    )
+    uvicorn.Server(uvicorn_config(create_app(predictor, cfg), cfg)).run()
