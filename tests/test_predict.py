@@ -76,29 +76,94 @@ def test_summarization_generates_text(tmp_path):
     assert [set(o) for o in out] == [{"text"}, {"text"}]
 
 
-def test_predict_file_resumes_without_redoing(predictor, tmp_path, monkeypatch):
+def test_predict_file_resumes_without_redoing(predictor, tiny_nli, tmp_path, monkeypatch):
     rows = nli_rows("dev", 20)
     src = write_rows(tmp_path / "in.jsonl", rows)
     full = predict_file(predictor, src, tmp_path / "full.jsonl", progress=False)
     assert (full.n_rows, full.n_resumed, full.n_malformed) == (20, 0, 0)
     lines = (tmp_path / "full.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["uid"] == rows[0]["uid"]
-    # An interrupted run: 5 complete rows and a torn sixth.
+    # An interrupted run: one batch of 8 written, then killed while writing a ninth row.
     out = tmp_path / "out.jsonl"
-    (tmp_path / "out.jsonl.partial").write_text("\n".join(lines[:5]) + "\n" + lines[5][:17])
-    seen = []
+    _interrupted_run(predictor, src, out, monkeypatch, model_dir=tiny_nli)
     real = predictor.predict
+    partial = tmp_path / "out.jsonl.partial"
+    with open(partial, "a") as f:
+        f.write(lines[8][:17])  # the torn ninth line
+    seen = []
     monkeypatch.setattr(predictor, "predict", lambda xs, **kw: seen.extend(xs) or real(xs, **kw))
-    r = predict_file(predictor, src, out, progress=False)
-    assert (r.n_resumed, r.n_predicted, len(seen)) == (5, 15, 15)
+    r = predict_file(predictor, src, out, progress=False, model_dir=tiny_nli)
+    assert (r.n_resumed, r.n_predicted, len(seen)) == (8, 12, 12)
 
     def labels(text):
         return [(r["uid"], r["prediction"]["label"]) for r in map(json.loads, text.splitlines())]
 
     assert labels(out.read_text()) == labels("\n".join(lines))
-    assert not (tmp_path / "out.jsonl.partial").exists()
+    assert not list(tmp_path.glob("out.jsonl.*"))  # no partial, record or lock left
     with pytest.raises(ProtegeError, match="already exists"):
         predict_file(predictor, src, out, progress=False)
+
+
+def _interrupted_run(predictor, src, out, monkeypatch, **kw):
+    """Leave OUT.partial with one batch, as a run killed after its first batch does."""
+    real = predictor.predict
+    calls = []
+
+    def interrupted(xs, **kw):
+        calls.append(xs)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real(xs, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(predictor, "predict", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            predict_file(predictor, src, out, progress=False, **kw)
+
+
+def test_resume_with_another_model_or_mode_is_refused(predictor, tiny_nli, tmp_path, monkeypatch):
+    from protege.student import build_random_student
+
+    src = write_rows(tmp_path / "in.jsonl", nli_rows("dev", 20))
+    out = tmp_path / "out.jsonl"
+    _interrupted_run(predictor, src, out, monkeypatch, model_dir=tiny_nli)
+    other = build_random_student("t5", tmp_path / "other")
+    save_task(TaskConfig(format="label+rationale"), other)
+    with pytest.raises(ProtegeError, match=r"out.jsonl.partial: was written by .*not this one"):
+        predict_file(Predictor.load(other), src, out, progress=False, model_dir=other)
+    with pytest.raises(ProtegeError, match="was written with no --rationale"):
+        predict_file(predictor, src, out, progress=False, model_dir=tiny_nli, with_rationale=True)
+    with pytest.raises(ProtegeError, match="was written with --fast"):
+        predict_file(predictor, src, out, progress=False, model_dir=tiny_nli, fast=False)
+    assert len((tmp_path / "out.jsonl.partial").read_text().splitlines()) == 8  # untouched
+    assert predict_file(predictor, src, out, progress=False, model_dir=tiny_nli).n_resumed == 8
+
+
+def test_two_runs_on_one_output_cannot_both_write(predictor, tmp_path):
+    import fcntl
+    import os
+
+    src = write_rows(tmp_path / "in.jsonl", nli_rows("dev", 4))
+    fd = os.open(tmp_path / "out.jsonl.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another run holds it
+    try:
+        with pytest.raises(ProtegeError, match="another `protege predict` is writing it"):
+            predict_file(predictor, src, tmp_path / "out.jsonl", progress=False)
+    finally:
+        os.close(fd)
+    assert not (tmp_path / "out.jsonl.partial").exists()
+
+
+def test_empty_input_and_unwritable_output(predictor, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match="empty.jsonl: no rows to predict"):
+        predict_file(predictor, empty, tmp_path / "o.jsonl", progress=False)
+    src = write_rows(tmp_path / "in.jsonl", nli_rows("dev", 2))
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    with pytest.raises(ProtegeError, match="cannot create the output directory"):
+        predict_file(predictor, src, blocked / "sub" / "o.jsonl", progress=False)
 
 
 def test_partial_from_another_input_is_refused(predictor, tmp_path):
@@ -106,6 +171,9 @@ def test_partial_from_another_input_is_refused(predictor, tmp_path):
     other = write_rows(tmp_path / "other.jsonl", nli_rows("test", 4))
     predict_file(predictor, other, tmp_path / "o.jsonl", progress=False)
     (tmp_path / "o.jsonl").rename(tmp_path / "x.jsonl.partial")
+    (tmp_path / "x.jsonl.partial.json").write_text(
+        json.dumps({"model": None, "fingerprint": None, "rationale": False, "fast": True})
+    )
     with pytest.raises(ProtegeError, match="does not match the input's row 1"):
         predict_file(predictor, src, tmp_path / "x.jsonl", progress=False)
 

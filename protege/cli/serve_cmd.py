@@ -29,7 +29,9 @@ def predict(model_dir, input_path, output, rationale, batch_size, fast, device) 
     from protege.serve.predictor import Predictor
 
     predictor = Predictor.load(model_dir, device=device, batch_size=batch_size)
-    r = predict_file(predictor, input_path, output, with_rationale=rationale, fast=fast)
+    r = predict_file(
+        predictor, input_path, output, with_rationale=rationale, fast=fast, model_dir=model_dir
+    )
     resumed = f", {r.n_resumed} resumed from a previous run" if r.n_resumed else ""
     bad = f", {r.n_malformed} malformed" if r.n_malformed else ""
     click.echo(f"wrote {r.n_rows} predictions to {r.output}{resumed}{bad}")
