@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -97,6 +98,17 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if tp is int and isinstance(value, bool):
         raise ConfigError(f"{where}: expected int, got {value!r}")
     return value
+
+
+def require_positive(name: str, value: float | None, zero_ok: bool = False) -> None:
+    """Raise ValueError (turned into a ConfigError naming the field) unless `value` is None or
+    a finite number > 0 (>= 0 with `zero_ok`): so `lr=nan` or `epochs=-1` stop before any work."""
+    if value is None:
+        return
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+        raise ValueError(
+            f"{name}: must be a finite number {'>= 0' if zero_ok else '> 0'}, got {value!r}"
+        )
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from protege.config import from_dict, load_config
+from protege.config import from_dict, load_config, require_positive
 from protege.data.hub import HubQuery
 from protege.data.io import is_file_source, split_source  # noqa: F401 (re-exported)
 from protege.errors import ConfigError
@@ -110,6 +110,24 @@ class VariantConfig:
 
 
 @dataclass
+class EvalSection:
+    """A recipe's `eval:` section: the keyword arguments of `evaluate_run`."""
+
+    decoding: dict[str, Any] = field(default_factory=dict)
+    """`evaluate.Decoding` fields (batch_size, max_new_tokens, num_beams, max_source_len)."""
+    hourly_price_usd: float = 0.10
+    """The student machine's assumed price, for the cost per 1,000 predictions."""
+    device: str | None = None
+
+
+@dataclass
+class ReportSection:
+    """A recipe's `report:` section: the keyword arguments of `build_report`."""
+
+    hourly_price_usd: float | None = None
+
+
+@dataclass
 class RecipeConfig:
     """A whole run: generate -> train (grid) -> eval -> report."""
 
@@ -186,6 +204,20 @@ def validate_recipe(recipe: RecipeConfig) -> None:
     from_dict(TrainConfig, train_dict(recipe, "train", "dev", "out"), "train")
     for v in recipe.variants:
         from_dict(TrainConfig, train_dict(recipe, "t", "d", "o", v.train), f"variants.{v.name}")
+    from protege.evaluate import Decoding
+
+    section = from_dict(EvalSection, recipe.eval, "eval")
+    from_dict(Decoding, section.decoding, "eval.decoding")
+    require_positive_field("eval.hourly_price_usd", section.hourly_price_usd)
+    report = from_dict(ReportSection, recipe.report, "report")
+    require_positive_field("report.hourly_price_usd", report.hourly_price_usd)
+
+
+def require_positive_field(name: str, value: float | None) -> None:
+    try:
+        require_positive(name, value, zero_ok=True)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
 
 
 def step_generate_dict(recipe: RecipeConfig, step: StepConfig, inp: str, out: str) -> dict:

@@ -79,3 +79,45 @@ def test_split_source_slices():
     assert split_source("a/dev.jsonl[:800]") == ("a/dev.jsonl", slice(None, 800))
     assert split_source("a/dev.jsonl[800:]") == ("a/dev.jsonl", slice(800, None))
     assert split_source("anli") == ("anli", None)
+
+
+@pytest.mark.parametrize(
+    "section, match",
+    [
+        ("eval: {decodng: {num_beams: 4}}", "eval.decodng: unknown field"),
+        ("eval: {decoding: {num_beam: 4}}", "eval.decoding.num_beam: unknown field"),
+        ("eval: {decoding: {num_beams: 0}}", "num_beams: must be a finite number > 0"),
+        ("report: {hourly_price: 1}", "report.hourly_price: unknown field"),
+        ("report: {hourly_price_usd: -1}", "report.hourly_price_usd: must be"),
+        ("train: {epochs: -1}", "epochs: must be a finite number > 0, got -1"),
+        ("train: {lr: .nan}", "lr: must be a finite number > 0, got nan"),
+        ("train: {grid: {learning_rates: [1e-4, 0]}}", r"grid.learning_rates\[1\]: must be"),
+        ("teacher: {temperature: 9}", "temperature: must be 0..2"),
+        ("teacher: {max_tokens: 0}", "max_tokens: must be"),
+    ],
+)
+def test_every_section_and_range_is_checked_before_anything_runs(tmp_path, section, match):
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "data: {train: a.jsonl, dev: b.jsonl, test: c.jsonl}\n"
+        "generate: [{name: g, config: {recipe: explain}}]\n" + section + "\n"
+    )
+    with pytest.raises(ConfigError, match=match):
+        validate_recipe(load_recipe(path))
+
+
+def test_eval_and_report_sections_match_what_they_are_passed_to():
+    import dataclasses
+    import inspect
+
+    from protege.evaluate import evaluate_run
+    from protege.evaluate.model_eval import DEFAULT_HOURLY_PRICE_USD
+    from protege.recipe import EvalSection, ReportSection
+    from protege.report import build_report
+
+    params = inspect.signature(evaluate_run).parameters.values()
+    kw_only = {p.name for p in params if p.kind is p.KEYWORD_ONLY}
+    assert {f.name for f in dataclasses.fields(EvalSection)} == kw_only
+    assert EvalSection().hourly_price_usd == DEFAULT_HOURLY_PRICE_USD
+    report_params = set(inspect.signature(build_report).parameters) - {"run_dir"}
+    assert {f.name for f in dataclasses.fields(ReportSection)} == report_params

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from protege.config import require_positive
 from protege.formats import TaskConfig
 
 
@@ -26,6 +27,10 @@ class Decoding:
     """1 = greedy decoding (Paper A); 4 is common for summarization."""
     max_source_len: int = 512
     """Inputs are truncated to this many tokens."""
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_new_tokens", "num_beams", "max_source_len"):
+            require_positive(name, getattr(self, name))
 
     def resolved(self, task: TaskConfig) -> Decoding:
         if self.max_new_tokens is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from protege.config import require_positive
 from protege.teacher.config import TeacherConfig
 
 NLI_LABELS = ["entailment", "neutral", "contradiction"]
@@ -49,6 +50,10 @@ class GenerateConfig:
     """Use only the first N records."""
     progress: bool = True
     """Show a live progress bar."""
+
+    def __post_init__(self) -> None:
+        require_positive("max_cost", self.max_cost, zero_ok=True)
+        require_positive("limit", self.limit)
 
 
 @dataclass

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
 
+from protege.config import require_positive
+
 OPENAI_URL = "https://api.openai.com/v1"
 DEFAULT_KEY_ENVS = {"api.openai.com": "OPENAI_API_KEY", ".openai.azure.com": "AZURE_OPENAI_API_KEY"}
 """Host (or host suffix) -> the key variable used when `api_key_env` is not set."""
@@ -90,6 +92,11 @@ class TeacherConfig:
             raise ValueError("self_consistency: must be at least 1")
         if not 1 <= self.batch_max_requests <= 50_000:
             raise ValueError("batch_max_requests: must be between 1 and 50000")
+        for name in ("max_tokens", "timeout_s", "rpm", "tpm"):
+            require_positive(name, getattr(self, name))
+        require_positive("backoff_s", self.backoff_s, zero_ok=True)
+        if self.temperature is not None and not 0 <= self.temperature <= 2:
+            raise ValueError(f"temperature: must be 0..2, got {self.temperature!r}")
         if self.base_url:
             parts = urlsplit(self.base_url)
             if parts.username or parts.password:  # never echo it: it holds a password

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from protege.config import require_positive
 from protege.formats import TaskConfig
 
 
@@ -133,3 +134,12 @@ class TrainConfig:
                 raise ValueError(f"split {s}: expected [F_label, F_rationale], >= 0, summing to 1")
         if self.patience < 1:
             raise ValueError("patience: must be at least 1")
+        for name in ("lr", "epochs", "max_grad_norm", "max_steps", "max_source_len",
+                     "max_target_len", "mega_batch", "max_train_rows", "max_dev_rows"):  # fmt: skip
+            require_positive(name, getattr(self, name))
+        for name in ("warmup_steps", "weight_decay"):
+            require_positive(name, getattr(self, name), zero_ok=True)
+        for i, lr in enumerate(self.grid.learning_rates):
+            require_positive(f"grid.learning_rates[{i}]", lr)
+        require_positive("generation.max_new_tokens", self.generation.max_new_tokens)
+        require_positive("generation.num_beams", self.generation.num_beams)
