@@ -231,4 +231,22 @@ def load_task(model_dir: str | Path) -> TaskConfig:
     path = Path(model_dir) / TASK_FILE
     if not path.exists():
         raise ProtegeError(f"{model_dir}: not a protege model directory (no {TASK_FILE})")
-    return from_dict(TaskConfig, json.loads(path.read_text()))
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ProtegeError(f"{path}: not valid JSON ({e}); restore it from the training run") from e
+    if not isinstance(data, dict):
+        raise ProtegeError(f"{path}: expected a JSON object; restore it from the training run")
+    return from_dict(TaskConfig, data, str(path))
+
+
+CHARS_PER_TOKEN_MAX = 32
+"""More characters than any tokenizer puts in one token: cutting an input at
+`max_tokens * CHARS_PER_TOKEN_MAX` characters leaves what truncation to `max_tokens` keeps."""
+
+
+def clip_sources(texts: list[str], max_tokens: int) -> list[str]:
+    """Inputs cut before tokenizing, so a 50 MB row costs no more than a long one: the tokenizer
+    truncates to `max_tokens` anyway, but only after tokenizing the whole text."""
+    limit = max_tokens * CHARS_PER_TOKEN_MAX
+    return [t[:limit] if len(t) > limit else t for t in texts]

@@ -87,8 +87,25 @@ def minilm_random_parameters(model, src: Path) -> list[str]:
     return [n for n, _ in model.named_parameters() if not pretrained(n)]
 
 
+BUILD_SEED = 0
+"""Random students are drawn from their own generator state, seeded with this: the same
+weights every time, and the caller's seeded RNG is left as it was."""
+
+
 def build_random_student(arch: str, out_dir: str | Path, size: str = "tiny") -> Path:
-    """A random T5 or BART from a config, with the offline MiniLM (BERT) tokenizer."""
+    """A random T5 or BART from a config, with the offline MiniLM (BERT) tokenizer.
+
+    Built under `torch.random.fork_rng` seeded with `BUILD_SEED`: weight init (which draws
+    from torch's global generator) neither consumes nor depends on the caller's RNG, so the
+    first training run that builds the model matches every later run with the same seed."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(BUILD_SEED)
+        return _build_random_student(arch, out_dir, size)
+
+
+def _build_random_student(arch: str, out_dir: str | Path, size: str) -> Path:
     from transformers import (
         BartConfig,
         BartForConditionalGeneration,
@@ -239,15 +256,39 @@ def load_student(name_or_dir: str | Path, seed: int | None = None):
     local = Path(path).exists()
     if not local and "/" not in path and not path.startswith(("t5", "bart", "google", "facebook")):
         raise ProtegeError(f"{path}: no such model directory or known model name")
+    if (
+        local
+        and Path(path).is_dir()
+        and not any((Path(path) / f).exists() for f in TOKENIZER_FILES)
+    ):
+        # transformers would build a tokenizer from nothing (a 104-token T5) without a word
+        raise ProtegeError(
+            f"{path}: no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}); copy them from the "
+            "model it was trained from"
+        )
     try:
         tok = load_tokenizer(path)
         model = AutoModelForSeq2SeqLM.from_pretrained(path)
-    except OSError as e:
-        raise ProtegeError(f"cannot load student {name_or_dir!r}: {e}") from e
+    except (OSError, ValueError, RuntimeError) as e:  # includes safetensors' own errors
+        raise ProtegeError(f"cannot load student {name_or_dir!r}: {_first_line(e)}") from e
+    except Exception as e:
+        if type(e).__name__ != "SafetensorError":
+            raise
+        raise ProtegeError(
+            f"cannot load student {name_or_dir!r}: unreadable weights ({_first_line(e)})"
+        ) from e
     if seed is not None and str(name_or_dir) in BUILT:
         model = reseed_random_parts(model, path, seed)
     drop_unused_pooler(model)
     return model, tok
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model",
+                   "vocab.json", "sentencepiece.bpe.model")  # fmt: skip
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def drop_unused_pooler(model) -> None:

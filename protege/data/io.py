@@ -66,8 +66,7 @@ def read_records(
     if suffix in (".jsonl", ".json"):
         return list(iter_jsonl(path))
     if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            return [dict(row) for row in csv.DictReader(f)]
+        return read_csv(path)
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -76,19 +75,63 @@ def read_records(
 
 
 def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Yield one dict per non-empty line; a bad line raises `DataError` with its line number."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    """Yield one dict per non-empty line; a bad line (not UTF-8, not JSON, not an object, a
+    lone surrogate) raises `DataError` with its line number."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(str(path), f"not UTF-8 (byte {e.start + 1})", line=lineno) from e
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(str(path), f"not valid JSON ({e.msg})", line=lineno) from e
+            except RecursionError as e:
+                raise DataError(str(path), "JSON nested too deeply", line=lineno) from e
             if not isinstance(record, dict):
                 raise DataError(str(path), "expected a JSON object", line=lineno)
+            if _SURROGATE_ESCAPE.search(line):
+                check_unicode(record, str(path), lineno)
             record.setdefault("_line", lineno)
             yield record
+
+
+# `\ud800`-`\udfff` escapes: a surrogate, valid only as half of a pair (checked by encoding).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def check_unicode(record: dict[str, Any], source: str, line: int) -> None:
+    """Raise `DataError` when a string in `record` holds a lone surrogate (not valid Unicode:
+    it cannot be written as UTF-8 nor tokenized)."""
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(
+            source, "a string holds a lone surrogate (not valid Unicode)", line=line
+        ) from e
+
+
+def read_csv(path: Path) -> list[dict[str, Any]]:
+    """Rows of a CSV with a header line (a UTF-8 byte-order mark is dropped); errors name the line."""
+    rows = []
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        try:
+            for row in reader:
+                if None in row:
+                    raise DataError(
+                        str(path), "more values than header columns", line=reader.line_num
+                    )
+                row["_line"] = reader.line_num
+                rows.append(row)
+        except UnicodeDecodeError as e:
+            raise DataError(str(path), "not UTF-8", line=reader.line_num + 1) from e
+        except csv.Error as e:
+            raise DataError(str(path), f"not valid CSV ({e})", line=reader.line_num) from e
+    return rows
 
 
 def rename_fields(records: list[dict[str, Any]], mapping: dict[str, str]) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from protege.data.io import write_json, write_jsonl
+from protege.errors import DataError
 from protege.evaluate.metrics import is_uncased
 from protege.evaluate.predict import Decoding, generate, load_for_eval
 from protege.evaluate.score import score_outputs, teacher_outputs
@@ -43,6 +44,8 @@ def evaluate_model(
     The task defaults to the model's own `protege_task.json`. Returns the metrics (with 95%
     intervals), decoding settings and speed, plus `per_example` rows; with `out_dir`, writes
     `metrics.json` (everything but the rows) and `predictions.jsonl` (the rows)."""
+    if not records:
+        raise DataError(source, "no rows to evaluate")
     task = task or load_task(model_dir)
     if task.input_prefix is None:  # the prefix the student was trained with (T5's summarize:)
         task = replace(task, input_prefix=load_task(model_dir).input_prefix)

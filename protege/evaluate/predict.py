@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from protege.config import require_positive
-from protege.formats import TaskConfig
+from protege.formats import TaskConfig, clip_sources
 
 
 @dataclass
@@ -80,6 +80,7 @@ def generate(
     import torch
     from tqdm import tqdm
 
+    inputs = clip_sources(inputs, decoding.max_source_len)
     order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))
     texts: list[str] = [""] * len(inputs)
     n_tokens: list[int] = [0] * len(inputs)

@@ -16,7 +16,7 @@ from typing import Any
 
 from protege.config import fingerprint, from_dict, read_yaml, to_dict
 from protege.data.io import file_sha256, read_records, write_json
-from protege.errors import ProtegeError
+from protege.errors import DataError, ProtegeError
 from protege.evaluate.hygiene import check_splits, refuse_test_use
 from protege.evaluate.model_eval import (
     DEFAULT_HOURLY_PRICE_USD,
@@ -114,6 +114,8 @@ def evaluate_run(
     for role, key in (("training", "train"), ("selection (dev)", "dev")):
         refuse_test_use(sources.get(key), test_path, role)
     test = read_records(test_path, "test")
+    if not test:
+        raise DataError(str(test_path), "no rows to evaluate")
     splits, skipped = _read_for_hygiene(sources, test)
     hygiene = {**check_splits(splits, task), "not_checked": skipped}
     decoding = (decoding or Decoding()).resolved(task)

@@ -21,7 +21,7 @@ from protege.data.io import (
     write_json,
     write_jsonl,
 )
-from protege.errors import ConfigError, DataError
+from protege.errors import ConfigError, DataError, ProtegeError
 from protege.formats import normalise_label
 from protege.generate.calls import send
 from protege.generate.config import GenerateConfig, GenerateResult
@@ -168,11 +168,17 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
         result.n_flagged += "flagged" in row
         out_records.append(row)
     result.n_written = len(out_records)
-    write_jsonl(cfg.output, out_records)
-    write_json(
-        summary_path(cfg.output),
-        {**to_dict(result), "reduction": result.reduction, "config": to_dict(cfg)},
-    )
+    try:
+        write_jsonl(cfg.output, out_records)
+        write_json(
+            summary_path(cfg.output),
+            {**to_dict(result), "reduction": result.reduction, "config": to_dict(cfg)},
+        )
+    except OSError as e:
+        raise ProtegeError(
+            f"{e.filename or cfg.output}: cannot write ({e.strerror}); every answer is kept in "
+            "the teacher store, so a rerun with room writes it without paying again"
+        ) from e
     return result
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from protege.data.io import write_json
 from protege.errors import ProtegeError
-from protege.formats import TASK_FILE
+from protege.formats import TASK_FILE, clip_sources
 from protege.serve.predictor import CT2_MARKER, Predictor
 from protege.targets import eos_id
 
@@ -162,6 +162,7 @@ class CT2Backend:
         self.no_repeat_ngram_size = int(gen.get("no_repeat_ngram_size") or 0)
 
     def _tokens(self, sources: list[str]) -> list[list[str]]:
+        sources = clip_sources(sources, self.max_source_len)
         ids = self.tok(sources, truncation=True, max_length=self.max_source_len).input_ids
         return [self.tok.convert_ids_to_tokens(x) for x in ids]
 

@@ -17,6 +17,7 @@ from protege.formats import (
     EXPLAIN_PREFIX,
     PREDICT_PREFIX,
     TaskConfig,
+    clip_sources,
     explain_input,
     inference_input,
     load_task,
@@ -81,7 +82,7 @@ class TorchBackend:
 
     def _encode(self, sources: list[str]):
         enc = self.tok(
-            sources,
+            clip_sources(sources, self.max_source_len),
             padding=True,
             truncation=True,
             max_length=self.max_source_len,

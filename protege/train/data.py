@@ -22,7 +22,7 @@ import torch
 from protege.config import fingerprint
 from protege.data.io import file_sha256, is_file_source, read_records, split_source
 from protege.errors import DataError
-from protege.formats import Example, TaskConfig, make_examples
+from protege.formats import Example, TaskConfig, clip_sources, make_examples
 from protege.targets import target_affixes
 from protege.train.loss import IGNORE, LABEL_TAG, PAD_TAG, RATIONALE_TAG
 
@@ -121,11 +121,12 @@ def encode(
 ) -> list[Encoded]:
     """Tokenize sources (with the model's special tokens) and tagged targets, wrapped as the
     tokenizer wraps a `text_target` (see `protege.targets.target_affixes`)."""
-    sources = tok([e.source for e in examples], truncation=True, max_length=max_source_len)[
-        "input_ids"
-    ]
+    sources = [e.source for e in examples]
+    sources = tok(
+        clip_sources(sources, max_source_len), truncation=True, max_length=max_source_len
+    )["input_ids"]
     prefix, suffix = target_affixes(tok, decoder_start_id)
-    texts = [text for e in examples for _, text in e.segments]
+    texts = clip_sources([text for e in examples for _, text in e.segments], max_target_len)
     seg_ids = iter(tok(texts, add_special_tokens=False)["input_ids"]) if texts else iter([])
     room = max(1, max_target_len - len(prefix) - len(suffix))
     out = []

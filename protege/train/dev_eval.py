@@ -17,6 +17,7 @@ import torch
 from protege.evaluate.metrics import is_uncased, rationale_bleu
 from protege.formats import (
     TaskConfig,
+    clip_sources,
     explain_input,
     inference_input,
     normalise_label,
@@ -68,7 +69,7 @@ def generate(model, tok, texts: list[str], cfg, accelerator) -> list[str]:
     for start in range(0, len(mine), bs):
         idx = mine[start : start + bs]
         enc = tok(
-            [texts[i] for i in idx],
+            clip_sources([texts[i] for i in idx], cfg.max_source_len),
             truncation=True,
             max_length=cfg.max_source_len,
             padding=True,
