@@ -217,7 +217,7 @@ def internal_error(kind: str, metrics: Metrics):
     from fastapi.responses import JSONResponse
 
     error_id = uuid.uuid4().hex[:12]
-    log.exception("%s error %s", kind, error_id)
+    log.exception(f"{kind} error {error_id}")  # its own text: never folded with others
     metrics.error(kind)
     return JSONResponse({"error": f"internal error (id {error_id})"}, status_code=500)
 
