@@ -110,16 +110,17 @@ def test_small_request_waits_at_most_a_batch_behind_a_large_one(predictor):
 
 
 def test_half_open_connections_are_capped_and_timed_out(predictor):
-    with Server(predictor, max_connections=100, header_timeout_s=1.0) as s:
+    with Server(predictor, max_connections=100, header_timeout_s=3.0) as s:
         hostile = []
         for _ in range(300):  # three times the cap, one byte each, never finished
             c = socket.create_connection(("127.0.0.1", s.cfg.port))
             c.sendall(b"P")
             hostile.append(c)
+        time.sleep(1.1)  # held a while: the oldest may now be pushed out by a newcomer
         t0 = time.perf_counter()
         assert post(s.url, {"inputs": ["x"]}).status_code == 200
         assert time.perf_counter() - t0 < 5
-        time.sleep(2.0)  # past the header timeout: every hostile connection was closed
+        time.sleep(3.0)  # past the header timeout: every hostile connection was closed
         closed = 0
         for c in hostile:
             c.settimeout(2)

@@ -87,14 +87,15 @@ def export(model_dir, fmt, quantization, output, check) -> None:
 @click.option("--max-wait-ms", default=5.0, show_default=True)
 @click.option("--max-body-bytes", default=1_000_000, show_default=True)
 @click.option("--max-input-chars", default=10_000, show_default=True)
-@click.option("--max-connections", default=1000, show_default=True)
+@click.option("--max-connections", default=4096, show_default=True)
 @click.option("--header-timeout", default=10.0, show_default=True, help="Seconds.")
 @click.option("--fast/--generate", default=True, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--threads", type=click.IntRange(1), help="CPU threads for the model (default: all).")
 @click.pass_context
 def serve(ctx, model_dir, host, port, api_key_file, api_key, allowed_host, cors_origin,
           max_batch_size, max_batch_tokens, max_wait_ms, max_body_bytes, max_input_chars,
-          max_connections, header_timeout, fast, device) -> None:  # fmt: skip
+          max_connections, header_timeout, fast, device, threads) -> None:  # fmt: skip
     """Serve the student in MODEL_DIR over HTTP: POST /v1/predict, /healthz, /metrics."""
     from click.core import ParameterSource
 
@@ -128,7 +129,7 @@ def serve(ctx, model_dir, host, port, api_key_file, api_key, allowed_host, cors_
         fast=fast,
     )
     check_key_policy(host, api_key)  # before loading the model
-    predictor = Predictor.load(model_dir, device=device, batch_size=max_batch_size)
+    predictor = Predictor.load(model_dir, device=device, threads=threads, batch_size=max_batch_size)
     click.echo(f"serving {model_dir} on http://{host}:{port} (Ctrl-C to stop)", err=True)
     serve(predictor, cfg)
 

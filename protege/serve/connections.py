@@ -7,7 +7,8 @@ file descriptors) for ever. `guarded_protocol` is uvicorn's h11 protocol with bo
 - a header timeout: a connection that has not sent a whole request head within
   `header_timeout_s` of opening (or of its last response) is closed;
 - a connection cap: past `max_connections`, a new connection evicts the oldest one that has
-  never completed a request head; if there is none, the new one gets 503 and is closed.
+  waited over `MIN_AGE_S` without completing a request head (a client that just connected
+  is not pushed out by a flood arriving with it); if there is none, the new one gets 503.
 
 Connections that have sent a request are never evicted, so hostile idle connections cost
 legitimate clients nothing but a reconnect. `RepeatFilter` keeps a flood of identical log
@@ -23,6 +24,9 @@ from collections import OrderedDict
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+MIN_AGE_S = 1.0
+"""A connection younger than this is never evicted: its client may still be sending its head."""
+
 REFUSED = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nconnection: close\r\n"
     b"content-length: 26\r\n\r\ntoo many open connections\n"
@@ -33,7 +37,7 @@ class GuardedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with a header timeout and a connection cap (module docstring)."""
 
     header_timeout_s: float = 10.0
-    max_connections: int = 1000
+    max_connections: int = 4096
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -48,9 +52,13 @@ class GuardedH11Protocol(H11Protocol):
         self._await_head()
 
     def _evict_one(self) -> bool:
+        oldest_ok = time.monotonic() - MIN_AGE_S
         while self.waiting:
-            victim, _ = self.waiting.popitem(last=False)
-            if victim is not self and not victim.transport.is_closing():
+            victim, since = next(iter(self.waiting.items()))
+            if since > oldest_ok:
+                return False  # the oldest is too young: so is every other
+            del self.waiting[victim]
+            if not victim.transport.is_closing():
                 victim.transport.close()
                 return True
         return False

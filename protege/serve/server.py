@@ -69,8 +69,9 @@ class ServeConfig:
     """On shutdown, how long in-flight requests get to finish."""
     header_timeout_s: float = 10.0
     """A connection that has not sent a whole request head by then is closed."""
-    max_connections: int = 1000
-    """Open connections; past it, the oldest that never sent a request is dropped (or 503)."""
+    max_connections: int = 4096
+    """Open connections (at most what the open-files limit allows); past it, the oldest that
+    never sent a request is dropped (or the newcomer gets 503)."""
     keep_alive_s: int = 5
     """An idle keep-alive connection is closed after this long."""
     allowed_hosts: list[str] = field(default_factory=list)
@@ -160,18 +161,9 @@ def create_app(predictor: Predictor, cfg: ServeConfig):
         metrics.error(e.kind)
         return JSONResponse({"error": e.reason}, status_code=e.status)
 
-    @app.middleware("http")
-    async def count(request: Request, call_next):
-        t0 = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except Exception:  # a bug: logged with an id, and only the id goes to the client
-            response = internal_error("internal", metrics)
-        path = request.url.path
-        known = path in ("/v1/predict", "/healthz", "/metrics")
-        seconds = time.perf_counter() - t0 if path == "/v1/predict" else None
-        metrics.request(path if known else "other", response.status_code, seconds)
-        return response
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, e: Exception):
+        return internal_error("internal", metrics)  # a bug: only its id goes to the client
 
     @app.get("/healthz")
     async def healthz():
@@ -208,8 +200,42 @@ def create_app(predictor: Predictor, cfg: ServeConfig):
         guarded, cfg.host, cfg.allowed_hosts, cfg.cors_origins,
         check_host=not api_key or bool(cfg.allowed_hosts),
     )  # fmt: skip
-    guarded.state = app.state
-    return guarded
+    counted = Counted(guarded, metrics)
+    counted.state = app.state
+    return counted
+
+
+class Counted:
+    """ASGI middleware counting every response by path and status, and /v1/predict latency.
+    (Plain ASGI: Starlette's `@app.middleware` costs a task per request.) An exception that
+    left the app was already answered with a 500 and logged with its id: it stops here."""
+
+    PATHS = ("/v1/predict", "/healthz", "/metrics")
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0, status = time.perf_counter(), None
+
+        async def send_counted(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_counted)
+        except Exception:
+            if status is None:  # not answered by the app's handler: log it here
+                log.exception("internal error before any response")
+        finally:
+            path = scope["path"]
+            seconds = time.perf_counter() - t0 if path == "/v1/predict" else None
+            known = path if path in self.PATHS else "other"
+            self.metrics.request(known, status or 500, seconds)
 
 
 def internal_error(kind: str, metrics: Metrics):
@@ -318,11 +344,12 @@ def uvicorn_config(app, cfg: ServeConfig, **kw: Any):
     from protege.serve.connections import guarded_protocol, quiet_repeats, raise_fd_limit
 
     quiet_repeats()
-    raise_fd_limit(cfg.max_connections + 256)  # room for the cap, the model and the log
+    files = raise_fd_limit(cfg.max_connections + 256)  # room for the model, logs, the store
+    cap = max(1, min(cfg.max_connections, files - 256))
     options = dict(
         host=cfg.host, port=cfg.port, log_level="warning",
         timeout_graceful_shutdown=int(cfg.graceful_timeout_s),
-        http=guarded_protocol(cfg.header_timeout_s, cfg.max_connections),
+        http=guarded_protocol(cfg.header_timeout_s, cap),
         timeout_keep_alive=cfg.keep_alive_s, h11_max_incomplete_event_size=16 * 1024,
         backlog=2048,
     )  # fmt: skip
