@@ -148,3 +148,21 @@ def test_csv_input_with_mapped_fields(fake_openai, tmp_path):
         "A man sleeps.\n\nentails the following"
         in fake_openai.log[0]["body"]["messages"][0]["content"]
     )
+
+
+def test_error_bodies_are_read_as_the_sdk_reads_them():
+    """The hot path reads error answers itself (the SDK's way): the JSON `error` object where
+    there is one, a proxy's HTML or an empty body as text, never an exception."""
+    from protege.teacher.failures import FATAL, RETRY, ApiError, classify
+
+    body = {"error": {"message": "You exceeded your current quota.", "type": "insufficient_quota",
+                      "param": None, "code": "insufficient_quota"}}  # fmt: skip
+    err = ApiError.from_response(429, json.dumps(body).encode())
+    assert (err.status, err.code, err.type, err.param) == (429, "insufficient_quota",
+                                                           "insufficient_quota", None)  # fmt: skip
+    assert classify(err) == FATAL and "quota" in str(err)
+    html = ApiError.from_response(502, b"<html><body>502 Bad Gateway</body></html>")
+    assert classify(html) == RETRY and "502 Bad Gateway" in html.message and html.code is None
+    assert ApiError.from_response(503, b"").message == "Error code: 503"
+    odd = ApiError.from_response(400, b'{"error": "bad thing"}')
+    assert "bad thing" in odd.message and odd.code is None

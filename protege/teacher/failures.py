@@ -12,6 +12,7 @@ the inner object as `APIStatusError.body`.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,27 @@ class ApiError:
             type=body.get("type"),
             code=code if isinstance(code, str) else None,
             param=body.get("param"),
+        )
+
+    @classmethod
+    def from_response(cls, status: int, content: bytes) -> ApiError:
+        """An error answer read as the SDK reads it (`_make_status_error_from_response`): the
+        JSON body's `error` object where there is one, else its text."""
+        text = content.decode("utf-8", "replace").strip()
+        try:
+            body = json.loads(text)
+        except ValueError:
+            return cls(status=status, message=text or f"Error code: {status}")
+        data = body.get("error", body) if isinstance(body, dict) else body
+        if not isinstance(data, dict):
+            return cls(status=status, message=f"Error code: {status} - {body}")
+        code = data.get("code")
+        return cls(
+            status=status,
+            message=str(data.get("message") or f"Error code: {status} - {body}"),
+            type=data.get("type") if isinstance(data.get("type"), str) else None,
+            code=code if isinstance(code, str) else None,
+            param=data.get("param") if isinstance(data.get("param"), str) else None,
         )
 
     def as_dict(self) -> dict[str, Any]:
