@@ -166,3 +166,16 @@ def test_error_bodies_are_read_as_the_sdk_reads_them():
     assert ApiError.from_response(503, b"").message == "Error code: 503"
     odd = ApiError.from_response(400, b'{"error": "bad thing"}')
     assert "bad thing" in odd.message and odd.code is None
+
+
+def test_http_proxy_from_the_environment_is_honoured(fake_openai, tmp_path, monkeypatch):
+    """$HTTP_PROXY is used as the SDK would use it: the teacher's host here does not exist,
+    so every answer came through the proxy (the replica, taking absolute-form requests)."""
+    proxy = fake_openai.base_url.rsplit("/v1", 1)[0]
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    cfg = _cfg(fake_openai, tmp_path, limit=3)
+    cfg.teacher.base_url = "http://teacher.invalid/v1"
+    result = run_generate(cfg)
+    assert result.n_calls == result.n_written == 3 and result.n_failed == 0

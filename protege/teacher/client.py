@@ -137,15 +137,24 @@ class ChatClient:
             wire["Authorization"] = f"Bearer {api_key}"
         self.wire_headers = wire
         self.session = None  # aiohttp.ClientSession, made inside the running event loop
+        self.proxy = self.proxy_auth = None
 
     def _session(self):
         import aiohttp
 
         if self.session is None:
+            from aiohttp.helpers import get_env_proxy_for_url
+            from yarl import URL
+
+            # $HTTP(S)_PROXY / $NO_PROXY, as the SDK honours them, looked up once here: the
+            # session's own `trust_env` looks them (and ~/.netrc) up in a thread per request.
+            try:
+                self.proxy, self.proxy_auth = get_env_proxy_for_url(URL(self.url))
+            except LookupError:
+                self.proxy, self.proxy_auth = None, None
             self.session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.cfg.concurrency),
                 timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s),
-                trust_env=True,  # HTTP(S)_PROXY, as the SDK honours them
             )
         return self.session
 
@@ -172,7 +181,12 @@ class ChatClient:
         body = {"model": self.cfg.model_name, "messages": messages, **params}
         try:
             async with self._session().post(
-                self.url, data=json.dumps(body), headers=self.wire_headers, allow_redirects=False
+                self.url,
+                data=json.dumps(body),
+                headers=self.wire_headers,
+                allow_redirects=False,
+                proxy=self.proxy,
+                proxy_auth=self.proxy_auth,
             ) as response:
                 status, headers, content = response.status, response.headers, await response.read()
         except TimeoutError as e:
