@@ -73,7 +73,9 @@ def write_records(path: Path, n: int) -> None:
 
 def run_protege(data: Path, out: Path, base_url: str, concurrency: int = CONCURRENCY, **teacher):
     import openai  # noqa: F401  (about 1 s of imports, paid once per process, not per request)
+    import rich.progress  # noqa: F401  (the progress bar and aiohttp: the same)
 
+    import protege.teacher.client  # noqa: F401
     from protege.generate import GenerateConfig, run_generate
     from protege.teacher.config import TeacherConfig
     from protege.teacher.prices import pricing
