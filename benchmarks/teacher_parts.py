@@ -13,7 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from teacher_throughput import run_protege, start_server, write_records
+from teacher_throughput import run_protege, start_server, steady_rate, write_records
 
 
 def server_stats(base_url: str) -> dict:
@@ -35,6 +35,7 @@ def run_latency1s(args, tmp: Path) -> dict:
     try:
         result, seconds, _ = run_protege(data, tmp / "out.jsonl", base_url, concurrency)
         assert result.n_written == n and result.n_failed == 0, result
+        steady = steady_rate(base_url)
     finally:
         stop(server)
     ideal = concurrency / latency
@@ -42,7 +43,11 @@ def run_latency1s(args, tmp: Path) -> dict:
     ratio = rps / ideal
     print(f"{n} requests, latency 1 s, concurrency {concurrency}: {rps:.1f} req/s, "
           f"{ratio:.0%} of ideal {ideal:.0f} (floor >= 90%)")  # fmt: skip
-    return {"ratio_of_ideal_1s": round(ratio, 3), "floors_met": ratio >= 0.9}
+    if steady:
+        print(f"steady sending rate {steady:.1f} req/s = {steady / ideal:.0%} of ideal; fixed "
+              f"per-job costs (start-up, the probe, the last answers, wrap-up) {seconds - n / steady:.2f} s of {seconds:.2f} s")  # fmt: skip
+    return {"ratio_of_ideal_1s": round(ratio, 3), "floors_met": ratio >= 0.9,
+            "steady_ratio_of_ideal_1s": round(steady / ideal, 3) if steady else None}  # fmt: skip
 
 
 def run_ratelimit(args, tmp: Path) -> dict:
