@@ -200,3 +200,29 @@ def test_cli_predict(tiny_nli, tmp_path):
     bad.write_text('{"premise": "a", "hypothesis": "b"}\nnot json\n')
     r = runner.invoke(main, ["predict", str(tiny_nli), str(bad)])
     assert r.exit_code == 1 and "bad.jsonl:2: not valid JSON" in r.output
+
+
+def test_model_fingerprint_follows_contents_not_times(tmp_path):
+    """Touching or copying a checkpoint keeps its fingerprint (a resume goes on); weights of
+    the same size and modification time but other bytes change it (a resume is refused)."""
+    import os
+    import shutil
+
+    from protege.digest import model_fingerprint
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text('{"d_model": 8}')
+    weights = bytearray(os.urandom(3 << 20))  # 3 MiB: hashed at both ends only
+    (model / "model.safetensors").write_bytes(weights)
+    before = model_fingerprint(model)
+    os.utime(model / "model.safetensors", ns=(1, 1))
+    assert model_fingerprint(model) == before
+    assert model_fingerprint(shutil.copytree(model, tmp_path / "copy")) == before
+    stat = (model / "model.safetensors").stat()
+    weights[100] ^= 0xFF  # retrained: same size, same mtime, other bytes
+    (model / "model.safetensors").write_bytes(weights)
+    os.utime(model / "model.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert model_fingerprint(model) != before
+    (model / "config.json").write_text('{"d_model": 16}')
+    assert len({before, model_fingerprint(model)}) == 2

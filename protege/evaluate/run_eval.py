@@ -200,10 +200,11 @@ def evaluate_run(
     return summary
 
 
-def _weights_stamp(model_dir: Path) -> list[Any]:
-    """Size and mtime of the weight files: changes when a checkpoint is overwritten."""
-    files = sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin"))
-    return [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+def _weights_stamp(model_dir: Path) -> str:
+    """The checkpoint's content fingerprint (`digest.py`): changes when it is overwritten."""
+    from protege.digest import model_fingerprint
+
+    return model_fingerprint(model_dir)
 
 
 def _dev_metrics(best: dict[str, Any], model_dir: Path) -> dict[str, Any]:

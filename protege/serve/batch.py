@@ -13,7 +13,6 @@ the run at once with its line number.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protege.data.io import clean, read_records, write_json
+from protege.digest import model_fingerprint
 from protege.errors import DataError, ProtegeError
 from protege.serve.predictor import Predictor
 
@@ -108,21 +108,6 @@ def _write(predictor, records, sources, out, partial, done, with_rationale, fast
     os.replace(partial, out)
     _meta_path(partial).unlink(missing_ok=True)
     return PredictResult(out, len(records), done, len(records) - done, malformed)
-
-
-def model_fingerprint(model_dir: str | Path) -> str:
-    """What identifies a model dir's weights: its configs' contents and each weight file's
-    name, size and modification time (hashing gigabytes of weights would cost more)."""
-    h = hashlib.sha256()
-    for path in sorted(Path(model_dir).iterdir()):
-        if not path.is_file():
-            continue
-        if path.suffix == ".json":
-            h.update(path.name.encode() + path.read_bytes())
-        else:
-            st = path.stat()
-            h.update(f"{path.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:16]
 
 
 def _meta_path(partial: Path) -> Path:
