@@ -50,6 +50,34 @@ def test_bad_inputs_get_422_alone_while_good_clients_are_answered(predictor):
         assert "inputs[1]: empty input" in results[1].json()["error"]
 
 
+def test_refused_requests_wait_so_a_flood_of_them_is_slow_and_good_ones_are_not(predictor):
+    """Each 4xx answer waits `reject_delay_s` (an async wait): 8 clients sending bad requests
+    back to back get a few answers a second each, while a good request is answered at once."""
+    with Server(predictor, reject_delay_s=0.5) as s, httpx.Client(timeout=30) as c:
+        url = s.url + "/v1/predict"
+        c.post(url, json={"inputs": [nli_rows("dev", 1)[0]]})  # warm the model
+
+        def flood(_) -> int:
+            end, n = time.perf_counter() + 2.0, 0
+            with httpx.Client(timeout=30) as mine:
+                while time.perf_counter() < end:
+                    assert (
+                        mine.post(url, content=b'{"inputs": [""]}', headers=JSON).status_code == 422
+                    )
+                    n += 1
+            return n
+
+        with ThreadPoolExecutor(8) as pool:
+            floods = pool.map(flood, range(8))
+            time.sleep(0.5)
+            t0 = time.perf_counter()
+            good = c.post(url, json={"inputs": [nli_rows("dev", 1)[0]]})
+            good_s = time.perf_counter() - t0
+            counts = list(floods)
+        assert good.status_code == 200 and good_s < 0.5, good_s
+        assert all(n <= 5 for n in counts), counts  # 2 s at one answer per 0.5 s each
+
+
 class Poisoned(Predictor):
     """The real student, failing on any input holding POISON (an input the model rejects)."""
 

@@ -89,13 +89,15 @@ def export(model_dir, fmt, quantization, output, check) -> None:
 @click.option("--max-input-chars", default=10_000, show_default=True)
 @click.option("--max-connections", default=4096, show_default=True)
 @click.option("--header-timeout", default=10.0, show_default=True, help="Seconds.")
+@click.option("--reject-delay", default=0.25, show_default=True,
+              help="Seconds a refused request (4xx) waits for its answer.")  # fmt: skip
 @click.option("--fast/--generate", default=True, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=click.IntRange(1), help="CPU threads for the model (default: all).")
 @click.pass_context
 def serve(ctx, model_dir, host, port, api_key_file, api_key, allowed_host, cors_origin,
           max_batch_size, max_batch_tokens, max_wait_ms, max_body_bytes, max_input_chars,
-          max_connections, header_timeout, fast, device, threads) -> None:  # fmt: skip
+          max_connections, header_timeout, reject_delay, fast, device, threads) -> None:  # fmt: skip
     """Serve the student in MODEL_DIR over HTTP: POST /v1/predict, /healthz, /metrics."""
     from click.core import ParameterSource
 
@@ -124,6 +126,7 @@ def serve(ctx, model_dir, host, port, api_key_file, api_key, allowed_host, cors_
         max_input_chars=max_input_chars,
         max_connections=max_connections,
         header_timeout_s=header_timeout,
+        reject_delay_s=reject_delay,
         allowed_hosts=list(allowed_host),
         cors_origins=list(cors_origin),
         fast=fast,

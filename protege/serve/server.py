@@ -74,6 +74,10 @@ class ServeConfig:
     never sent a request is dropped (or the newcomer gets 503)."""
     keep_alive_s: int = 5
     """An idle keep-alive connection is closed after this long."""
+    reject_delay_s: float = 0.25
+    """A refused request (any 4xx) is answered after this delay, which costs the server
+    nothing (an async wait): a client that keeps sending bad requests can then send only a few
+    a second, and cannot take the CPU that good clients' requests need."""
     allowed_hosts: list[str] = field(default_factory=list)
     """Host header names accepted besides localhost, 127.0.0.1, [::1] and the bound host."""
     cors_origins: list[str] = field(default_factory=list)
@@ -91,6 +95,7 @@ class ServeConfig:
             (self.body_timeout_s > 0, "body_timeout_s: must be positive"),
             (self.header_timeout_s > 0, "header_timeout_s: must be positive"),
             (self.max_connections >= 1, "max_connections: must be at least 1"),
+            (0 <= self.reject_delay_s <= 60, "reject_delay_s: must be 0..60"),
         ]
         for ok, message in checks:
             if not ok:
@@ -200,20 +205,21 @@ def create_app(predictor: Predictor, cfg: ServeConfig):
         guarded, cfg.host, cfg.allowed_hosts, cfg.cors_origins,
         check_host=not api_key or bool(cfg.allowed_hosts),
     )  # fmt: skip
-    counted = Counted(guarded, metrics)
+    counted = Counted(guarded, metrics, cfg.reject_delay_s)
     counted.state = app.state
     return counted
 
 
 class Counted:
-    """ASGI middleware counting every response by path and status, and /v1/predict latency.
+    """ASGI middleware counting every response by path and status, and /v1/predict latency;
+    a refused request's answer (4xx) waits `reject_delay_s` first (`ServeConfig`).
     (Plain ASGI: Starlette's `@app.middleware` costs a task per request.) An exception that
     left the app was already answered with a 500 and logged with its id: it stops here."""
 
     PATHS = ("/v1/predict", "/healthz", "/metrics")
 
-    def __init__(self, app, metrics: Metrics):
-        self.app, self.metrics = app, metrics
+    def __init__(self, app, metrics: Metrics, reject_delay_s: float = 0.0):
+        self.app, self.metrics, self.reject_delay_s = app, metrics, reject_delay_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -224,6 +230,8 @@ class Counted:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if 400 <= status < 500 and self.reject_delay_s:
+                    await asyncio.sleep(self.reject_delay_s)
             await send(message)
 
         try:
