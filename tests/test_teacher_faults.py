@@ -166,3 +166,50 @@ def test_keys_file_that_is_not_an_object(monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match="expected a JSON object"):
         load_keys()
     keys_path().unlink()
+
+
+def test_full_store_while_collecting_a_batch_keeps_every_answer_and_submits_nothing_twice(
+    teacher_db, tmp_path
+):
+    """Batch mode: the store fills up (SQLITE_FULL for real) after the batch was submitted;
+    collecting it stops at once, every downloaded answer is saved, and the rerun (with room)
+    imports them and collects the same batch again: no batch is created twice."""
+    from protege.teacher.batch import batch_all
+    from protege.testing.fake_openai import FakeOpenAI
+
+    with FakeOpenAI(batch_delay=0.05) as server:
+        cfg = TeacherConfig(kind="openai", model="fake-model", base_url=server.base_url,
+                            mode="batch", batch_poll_s=0.05, backoff_s=0.01)  # fmt: skip
+        requests = _requests(cfg, 30)
+        store = TeacherStore()
+
+        def fill_up(line: str) -> None:  # once submitted: no room for one more page
+            if "submitted" in line:
+                pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+                store.db.execute(f"PRAGMA max_page_count={pages}")
+
+        async def go(store, progress=lambda line: None):
+            client = ChatClient(cfg, server.base_url, None)
+            try:
+                return await batch_all(requests, cfg, client, store, Budget(None),
+                                       progress=progress, rescue_dirs=[tmp_path])  # fmt: skip
+            finally:
+                await client.close()
+
+        with pytest.raises(StoreWriteError) as info:
+            asyncio.run(go(store, fill_up))
+        message = str(info.value)
+        assert "database or disk is full" in message and "while collecting batch" in message
+        [saved] = rescue.pending(teacher_db)
+        assert "30 answers saved to" in message and str(saved) in message
+        assert store.db.execute("SELECT COUNT(*) FROM responses").fetchone()[0] == 0
+        store.close()
+        assert len(server.batches.batches) == 1
+        with TeacherStore() as store:  # room again: the saved answers go in first
+            keys = [r.key for r in requests]
+            assert len(store.get_many(keys)) == 30
+            report = asyncio.run(go(store))
+            assert len(store.get_many(keys)) == 30 and report.failed == 0
+        assert len(server.batches.batches) == 1  # collected again, never created again
+        assert sorted(server.batches.submitted.values()) == [1] * 30
+    assert rescue.pending(teacher_db) == []

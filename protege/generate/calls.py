@@ -73,8 +73,8 @@ def send(
         async def go():
             client = ChatClient(tcfg, base_url, api_key)
             kw = {"run_id": run_id, "params": params, "extras": extras, "progress": progress}
-            if tcfg.mode == "online":  # answers a full store refuses are saved beside the output
-                kw["rescue_dirs"] = [Path(str(cfg.output)).parent]
+            # answers a full store refuses are saved beside it, else beside the output
+            kw["rescue_dirs"] = [Path(str(cfg.output)).parent]
             try:
                 return await _sender(tcfg.mode)(
                     requests, tcfg, client, store, budget, on_answer, price, **kw

@@ -23,17 +23,24 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from protege.errors import ProtegeError
-from protege.teacher.client import CallReport, ChatClient, Request, token_logprobs
+from protege.teacher.client import (
+    CallReport,
+    ChatClient,
+    Request,
+    rescue_unwritten,
+    token_logprobs,
+)
 from protege.teacher.config import TeacherConfig
 from protege.teacher.cost import Budget
 from protege.teacher.failures import FATAL, FIX, RETRY, ApiError, TeacherFatal, classify
 from protege.teacher.leases import lease, new_run_id, release
 from protege.teacher.params import ParamRules
 from protege.teacher.prices import Pricing, usage_counts
-from protege.teacher.store import Answer, TeacherStore
+from protege.teacher.store import Answer, StoreWriteError, TeacherStore
 
 WINDOW_S = 25 * 3600  # a batch's leases: its 24 h completion window, and an hour to collect
 TERMINAL = ("completed", "failed", "expired", "cancelled")
@@ -64,8 +71,10 @@ class BatchRunner:
 
     def __init__(self, cfg: TeacherConfig, client: ChatClient, store: TeacherStore,
                  budget: Budget, pricing: Pricing | None, rules: ParamRules, run_id: str,
-                 on_answer: Callable[[str, Answer | None], None]):  # fmt: skip
+                 on_answer: Callable[[str, Answer | None], None],
+                 rescue_dirs: list[Path] = ()):  # fmt: skip
         self.cfg, self.client, self.store, self.budget = cfg, client, store, budget
+        self.rescue_dirs = list(rescue_dirs)
         self.pricing, self.rules, self.run_id, self.on_answer = pricing, rules, run_id, on_answer
         self.sdk = client.sdk
         self.report = CallReport()
@@ -256,7 +265,15 @@ class BatchRunner:
             db.execute("DELETE FROM leases WHERE owner=?", (owner,))
             db.execute("DELETE FROM claims WHERE owner=?", (owner,))
 
-        self.store.put_many(answers, owner=owner, extra=finish)
+        try:
+            self.store.put_many(answers, owner=owner, extra=finish)
+        except sqlite3.Error as e:  # paid answers the store refused: keep them, stop at once
+            where = rescue_unwritten(self.store, answers, self.rescue_dirs)
+            raise StoreWriteError(
+                f"teacher store {self.store.path}: write failed ({e}) while collecting batch "
+                f"{bid}; stopped at once: {where}; the batch stays recorded, so a rerun "
+                "collects it again and submits nothing twice; free some space and rerun"
+            ) from e
         if not collected[0]:
             return []  # another process collected it first (and resends what is left)
         worst = self.reserved.pop(bid, None)
@@ -353,14 +370,30 @@ async def batch_all(
     params: dict[str, Any] | None = None,
     extras: dict[str, Any] | None = None,
     progress: Callable[[str], None] = lambda line: None,
+    rescue_dirs: list[Path] = (),
 ) -> CallReport:
-    """`call_all`'s contract, through the Batch API: every request answered once, or failed."""
+    """`call_all`'s contract, through the Batch API: every request answered once, or failed.
+    A store write that fails stops the job at once with `StoreWriteError`; answers already
+    downloaded are saved beside the store (or in `rescue_dirs`), never dropped."""
+    try:
+        return await _batch_all(requests, cfg, client, store, budget, on_answer, pricing, rules,
+                                run_id, params, extras, progress, rescue_dirs)  # fmt: skip
+    except sqlite3.Error as e:  # recording or planning a batch: nothing of it was paid yet
+        raise StoreWriteError(
+            f"teacher store {store.path}: write failed ({e}); stopped at once: batches already "
+            "submitted stay recorded and a rerun collects them; free some space and rerun"
+        ) from e
+
+
+async def _batch_all(requests, cfg, client, store, budget, on_answer, pricing, rules, run_id,
+                     params, extras, progress, rescue_dirs) -> CallReport:  # fmt: skip
     run_id = run_id or new_run_id()
     params = cfg.params() if params is None else params
     if rules is None:
         learned = store.param_rules(cfg.endpoint_url, cfg.model_name)
         rules = ParamRules.for_config(cfg, learned)
-    runner = BatchRunner(cfg, client, store, budget, pricing, rules, run_id, on_answer)
+    runner = BatchRunner(cfg, client, store, budget, pricing, rules, run_id, on_answer,
+                         rescue_dirs)  # fmt: skip
     by_key = {r.key: r for r in requests}
     resumed = runner.open_batches(list(by_key))
     in_resumed = {k for row in resumed for k in runner.requests_of(row["id"])}

@@ -440,21 +440,24 @@ def _store_failed(
     store: TeacherStore, error: str, unwritten: list, report: CallReport, dirs: list[Path]
 ) -> StoreWriteError:
     """Save the answers the store refused and say where they are, in one line."""
-    from protege.teacher import rescue
-
-    saved = rescue.save(unwritten, store.path, list(dirs))
-    where = (
-        f"{len(unwritten)} answers saved to {saved} ("
-        + ("imported when the store next opens" if saved.parent == store.path.parent.resolve()
-           else f"`protege teacher import {saved}` once there is room")
-        + ")"
-        if saved else f"{len(unwritten)} answers could not be saved anywhere"
-    )  # fmt: skip
+    where = rescue_unwritten(store, unwritten, dirs)
     return StoreWriteError(
         f"teacher store {store.path}: write failed ({error}); stopped sending at once: "
         f"{report.ok + report.failed - len(unwritten)} answers stored, {where}, "
         f"{report.skipped} requests not sent; free some space and rerun"
     )
+
+
+def rescue_unwritten(store: TeacherStore, unwritten: list, dirs: list[Path]) -> str:
+    """Save answers the store refused (`rescue.py`); where they went, as part of a line."""
+    from protege.teacher import rescue
+
+    saved = rescue.save(unwritten, store.path, list(dirs))
+    if not saved:
+        return f"{len(unwritten)} answers could not be saved anywhere"
+    how = ("imported when the store next opens" if saved.parent == store.path.parent.resolve()
+           else f"`protege teacher import {saved}` once there is room")  # fmt: skip
+    return f"{len(unwritten)} answers saved to {saved} ({how})"
 
 
 def token_logprobs(choice: dict[str, Any]) -> str | None:
