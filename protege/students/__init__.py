@@ -1,0 +1,116 @@
+"""Students of every kind behind one interface (`protege.students.base.Student`).
+
+`load_student(name, task, kind)` resolves a hub name, a local dir or a `protege:` name, decides
+the kind (an explicit `kind`, else the model's config: `is_encoder_decoder` -> seq2seq, an
+`...ForSequenceClassification` architecture -> classifier, `...ForCausalLM` -> causal) and
+loads it with that kind's module. Nothing else in protege needs to know which kind it holds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from protege.errors import ConfigError
+from protege.formats import TaskConfig
+from protege.students.base import Student, StudentOptions
+
+Kind = Literal["auto", "seq2seq", "causal", "classifier"]
+KINDS = ("seq2seq", "causal", "classifier")
+
+
+def student_class(kind: str) -> type[Student]:
+    from protege.students.causal import CausalStudent
+    from protege.students.classifier import ClassifierStudent
+    from protege.students.seq2seq import Seq2SeqStudent
+
+    classes = {c.kind: c for c in (Seq2SeqStudent, CausalStudent, ClassifierStudent)}
+    if kind not in classes:
+        raise ConfigError(f"student kind {kind!r}: expected one of {', '.join(KINDS)} or auto")
+    return classes[kind]
+
+
+def resolve(name: str | Path) -> tuple[str, str | None]:
+    """(path or hub name for from_pretrained, the kind a `protege:` name implies or None)."""
+    from protege.student import resolve_model
+    from protege.students.builtins import BUILTINS
+
+    name = str(name)
+    if name in BUILTINS:
+        kind, build = BUILTINS[name]
+        return str(build()), kind
+    if name.startswith("protege:"):
+        return resolve_model(name), "seq2seq"
+    return name, None
+
+
+def kind_from_config(config: dict) -> str | None:
+    """The kind a model's config.json says it is, or None when it does not say."""
+    if config.get("is_encoder_decoder"):
+        return "seq2seq"
+    for arch in config.get("architectures") or []:
+        if arch.endswith("ForSequenceClassification"):
+            return "classifier"
+        if arch.endswith(("ForConditionalGeneration", "EncoderDecoderModel")):
+            return "seq2seq"
+        if arch.endswith("ForCausalLM"):
+            return "causal"
+    return None
+
+
+def read_config(path: str) -> dict | None:
+    """config.json of a local dir, or of a hub model already in the cache (None if neither)."""
+    local = Path(path) / "config.json"
+    if local.exists():
+        return json.loads(local.read_text())
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(path).to_dict()
+    except (OSError, ValueError):
+        return None
+
+
+def detect_kind(name: str | Path, kind: str = "auto") -> tuple[str, str]:
+    """(resolved path, kind) for a model name and an optional explicit kind."""
+    path, implied = resolve(name)
+    if kind != "auto":
+        student_class(kind)  # validates the name
+        return path, kind
+    if implied:
+        return path, implied
+    config = read_config(path)
+    if config is None:
+        return path, "seq2seq"  # today's default; its loader says clearly what is missing
+    found = kind_from_config(config)
+    if found is None:
+        archs = ", ".join(config.get("architectures") or []) or "none"
+        raise ConfigError(
+            f"{name}: cannot tell the student kind from its config (architectures: {archs}); "
+            "set student.kind to seq2seq, causal or classifier"
+        )
+    return path, found
+
+
+def load_student(
+    name: str | Path,
+    task: TaskConfig | None = None,
+    kind: str = "auto",
+    options: StudentOptions | None = None,
+) -> Student:
+    """A `Student` of the right kind for `name`, checked against `task`."""
+    path, kind = detect_kind(name, kind)
+    cls = student_class(kind)
+    if task is not None:
+        cls.check_task(task)
+    return cls.load(path, task, options or StudentOptions())
+
+
+def open_backend(model_dir: str | Path, task: TaskConfig, device: str = "cpu", threads=None):
+    """The predictor backend for a saved student dir (its kind read from its config)."""
+    _, kind = detect_kind(model_dir)
+    return student_class(kind).backend(model_dir, task, device=device, threads=threads)
+
+
+__all__ = ["KINDS", "Student", "StudentOptions", "detect_kind", "load_student", "open_backend"]

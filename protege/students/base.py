@@ -1,0 +1,146 @@
+"""The student interface: what train/, evaluate/ and serve/ ask of a student, whatever its kind.
+
+A `Student` holds a Hugging Face model and its tokenizer. Three kinds implement it, one module
+each: `seq2seq` (T5, BART, BERT2BERT), `causal` (any `AutoModelForCausalLM`) and `classifier`
+(any `AutoModelForSequenceClassification`). Callers never branch on the kind.
+
+Training: `encode` turns `formats.Example`s into `Encoded` rows (ids, target ids, span tags of
+the split loss); `lengths` gives the two keys batches are grouped by; `collate` pads a batch;
+`logits` runs the model (the prepared, maybe DDP-wrapped one is passed in) and returns logits,
+targets and tags aligned as (B, T, V), (B, T), (B, T), so `train.loss.split_loss` serves every
+kind. Inference (the predictor's backend interface): `token_logprobs`, `first_logprobs`,
+`generate`. Classifiers also give `label_probs` (softmax over the task's labels).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from protege.formats import Example, TaskConfig
+from protege.train.data import TAGS, Encoded  # a causal student's Encoded: prompt, completion
+
+
+def eos_id(tok) -> int:
+    """BERT tokenizers have no eos; their [SEP] ends a sequence."""
+    return tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
+
+
+def encode_targets(examples: list[Example], tok, max_target_len: int) -> list[tuple[list, list]]:
+    """Targets as (ids, tags): each segment tokenized without special tokens, eos appended,
+    every token tagged with its segment's span (shared by the seq2seq and causal kinds)."""
+    texts = [text for e in examples for _, text in e.segments]
+    seg_ids = iter(tok(texts, add_special_tokens=False)["input_ids"]) if texts else iter([])
+    eos = eos_id(tok)
+    out = []
+    for example in examples:
+        ids: list[int] = []
+        tags: list[int] = []
+        for kind, _ in example.segments:
+            piece = next(seg_ids)
+            ids += piece
+            tags += [TAGS[kind]] * len(piece)
+        ids, tags = ids[: max_target_len - 1], tags[: max_target_len - 1]
+        last = tags[-1] if tags else TAGS[example.segments[-1][0]]
+        out.append((ids + [eos], tags + [last]))
+    return out
+
+
+@dataclass
+class StudentOptions:
+    """How a student is loaded for training (ignored where a kind has no use for it)."""
+
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    gradient_checkpointing: bool = False
+
+
+class Student(ABC):
+    """A model of one kind and its tokenizer, behind the calls the rest of protege makes."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, model, tok, task: TaskConfig | None = None, device: str = "cpu"):
+        self.model, self.tok, self.task, self.device = model, tok, task, device
+        self.max_source_len = 512
+
+    # ---- loading ---------------------------------------------------------------------------
+
+    @classmethod
+    @abstractmethod
+    def load(cls, path: str, task: TaskConfig | None, options: StudentOptions) -> Student:
+        """Load from a resolved path (local dir or hub name)."""
+
+    @classmethod
+    def check_task(cls, task: TaskConfig) -> None:
+        """Raise ConfigError, in one line, when this kind cannot learn `task`."""
+        return None  # generative kinds learn every task type and format
+
+    def to(self, device: str) -> Student:
+        self.model.to(device).eval()
+        self.device = device
+        return self
+
+    @property
+    def pad_id(self) -> int:
+        return self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    # ---- training --------------------------------------------------------------------------
+
+    @abstractmethod
+    def encode(self, examples: list[Example], max_source_len: int, max_target_len: int) -> list:
+        """Training rows (`Encoded`) for `examples`."""
+
+    def lengths(self, items: list[Encoded]) -> tuple[list[int], list[int]]:
+        """The two keys of `train.data.length_grouped_batches`: what a batch pads to."""
+        return [len(e.input_ids) for e in items], [len(e.target_ids) for e in items]
+
+    @abstractmethod
+    def collate(self, items: list[Encoded]) -> dict[str, torch.Tensor]:
+        """Pad a batch (to its own longest row)."""
+
+    @abstractmethod
+    def logits(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """(logits (B, T, V), targets (B, T) with -100 at ignored positions, tags (B, T))."""
+
+    def save(self, model, dest: Path) -> None:
+        """Save `model` (the trained, unwrapped one) and the tokenizer as a plain HF dir."""
+        model.save_pretrained(dest)
+        self.tok.save_pretrained(dest)
+
+    # ---- inference -------------------------------------------------------------------------
+
+    @abstractmethod
+    def generate(self, sources: list[str], max_new_tokens: int, num_beams: int = 1) -> list[str]:
+        """Greedy (or beam) decoding, special tokens removed."""
+
+    def generate_ids(
+        self, sources: list[str], max_new_tokens: int, num_beams: int = 1
+    ) -> tuple[list[str], list[int]]:
+        """Texts and the number of generated (non-special) tokens of each."""
+        texts = self.generate(sources, max_new_tokens, num_beams)
+        return texts, [len(self.tok(t, add_special_tokens=False).input_ids) for t in texts]
+
+    @classmethod
+    def backend(
+        cls,
+        model_dir: str | Path,
+        task: TaskConfig,
+        device: str = "cpu",
+        threads: int | None = None,
+    ):
+        """What `serve.predictor.Predictor` runs a saved student with (default: the student)."""
+        if threads:
+            torch.set_num_threads(threads)  # process-wide: torch has no per-model setting
+        return cls.load(str(model_dir), task, StudentOptions()).to(device)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "params": self.n_params()}

