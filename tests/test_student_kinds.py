@@ -13,7 +13,7 @@ from protege.errors import ConfigError
 from protege.formats import FORMATS, TaskConfig, make_examples
 from protege.serve.scoring import Candidates
 from protege.students import detect_kind, kind_from_config, load_student
-from protege.train.loss import IGNORE, LABEL_TAG, RATIONALE_TAG, split_loss
+from protege.train.loss import IGNORE, LABEL_TAG, RATIONALE_TAG, split_loss, token_ce
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +47,14 @@ def test_causal_features_put_the_loss_on_completion_tokens_only(llama, fmt):
     examples = [e for r in nli_rows("train", 3) for e in make_examples(task, r)]
     enc = llama.encode(examples, 128, 64)
     batch = llama.collate(enc)
+    width = batch["input_ids"].shape[1]
     for i, e in enumerate(enc):
-        n, m = len(e.input_ids), len(e.target_ids)
-        assert (batch["labels"][i, :n] == IGNORE).all()  # no loss on the prompt
-        assert batch["labels"][i, n : n + m].tolist() == e.target_ids
-        assert (batch["labels"][i, n + m :] == IGNORE).all()  # nor on padding
+        m = len(e.target_ids)  # left padding: every completion ends at the last position
+        assert (batch["labels"][i, : width - m] == IGNORE).all()  # no loss on prompt, padding
+        assert batch["labels"][i, width - m :].tolist() == e.target_ids
+        assert batch["input_ids"][i, width - m - len(e.input_ids) : width - m].tolist() == (
+            e.input_ids
+        )
         assert e.target_ids[-1] == llama.tok.eos_token_id
         # The completion spells the target exactly as seq2seq students learn it.
         assert llama.tok.decode(e.target_ids[:-1]) == examples[i].target
@@ -60,7 +63,7 @@ def test_causal_features_put_the_loss_on_completion_tokens_only(llama, fmt):
     assert tags == ({LABEL_TAG} if fmt == "label" else {LABEL_TAG, RATIONALE_TAG})
 
 
-def test_causal_logits_give_the_models_own_loss(llama):
+def test_causal_logits_give_the_models_own_loss_and_ignore_padding(llama):
     task = TaskConfig(format="label+rationale")
     examples = [e for r in nli_rows("train", 4) for e in make_examples(task, r)]
     batch = llama.collate(llama.encode(examples, 128, 64))
@@ -69,10 +72,16 @@ def test_causal_logits_give_the_models_own_loss(llama):
         hf = llama.model(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
             labels=batch["labels"],
         ).loss
         ours = split_loss(logits, labels, tags, None).total
     assert ours.item() == pytest.approx(hf.item(), abs=1e-5)
+    alone = llama.collate(llama.encode(examples[:1], 128, 64))  # no padding at all
+    with torch.no_grad():
+        one = split_loss(*llama.logits(llama.model, alone), None).total
+        padded = token_ce(logits, labels)[0][labels[0] != IGNORE]
+    assert padded.mean().item() == pytest.approx(one.item(), abs=1e-4)
 
 
 def test_causal_scoring_over_the_kv_cache_equals_full_forward_passes(llama):

@@ -39,20 +39,27 @@ def predict(model_dir, input_path, output, rationale, batch_size, fast, device) 
 
 @click.command()
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["ct2"]), default="ct2", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["ct2", "onnx"]),
+    help="Default: ct2 for seq2seq and causal students, onnx for classifiers.",
+)
 @click.option("--quantization", default="int8", show_default=True)
-@click.option("--output", "-o", type=click.Path(), help="Default: MODEL_DIR-ct2-QUANTIZATION")
+@click.option("--output", "-o", type=click.Path(), help="Default: MODEL_DIR-FORMAT-QUANTIZATION")
 @click.option(
     "--check",
     type=click.Path(exists=True, dir_okay=False),
     help="Records to compare the export's labels with the PyTorch model's.",
 )
 def export(model_dir, fmt, quantization, output, check) -> None:
-    """Export the student in MODEL_DIR to CTranslate2 (T5 and BART students)."""
-    from protege.serve.ct2 import export_ct2, match_rate
+    """Export the student in MODEL_DIR: CTranslate2 (T5, BART, the Llama family) or ONNX run
+    by onnxruntime (classifiers)."""
+    from protege.serve.ct2 import match_rate
+    from protege.students import export_student
 
-    out = export_ct2(model_dir, output, quantization)
-    click.echo(f"exported {model_dir} to {out} ({fmt}, {quantization})")
+    out = export_student(model_dir, fmt, output, quantization)
+    click.echo(f"exported {model_dir} to {out} ({quantization})")
     if check:
         from protege.data.io import read_records
         from protege.serve.predictor import Predictor

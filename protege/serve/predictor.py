@@ -26,6 +26,8 @@ from protege.formats import (
 from protege.serve.scoring import Candidates, Rule, choose, sequence_score, supports_scoring
 
 CT2_MARKER = "protege_ct2.json"
+CT2_CAUSAL_MARKER = "protege_ct2_causal.json"
+ONNX_MARKER = "protege_onnx.json"
 
 
 class Backend(Protocol):
@@ -176,8 +178,18 @@ class Predictor:
             from protege.serve.ct2 import CT2Backend
 
             backend: Backend = CT2Backend(model_dir, device=device, threads=threads)
-        else:
-            backend = TorchBackend(model_dir, device=device, threads=threads)
+        elif (model_dir / CT2_CAUSAL_MARKER).exists():
+            from protege.serve.ct2_causal import CT2CausalBackend
+
+            backend = CT2CausalBackend(model_dir, device=device, threads=threads)
+        elif (model_dir / ONNX_MARKER).exists():
+            from protege.serve.onnx import OnnxClassifierBackend
+
+            backend = OnnxClassifierBackend(model_dir, device=device, threads=threads)
+        else:  # a PyTorch student of any kind (protege.students)
+            from protege.students import open_backend
+
+            backend = open_backend(model_dir, task, device=device, threads=threads)
         return cls(backend, task, **kw)
 
     def source(self, item: dict[str, Any] | str, source: str = "input") -> str:
@@ -255,6 +267,9 @@ class Predictor:
     def score(self, sources: list[str]) -> list[dict[str, Any]]:
         """The fast path: one label per input from the closed set, never malformed."""
         assert self.candidates is not None
+        label_probs = getattr(self.backend, "label_probs", None)
+        if label_probs is not None:  # a classifier: softmax over the labels, one pass
+            return [self._from_probs(p) for p in label_probs(sources)]
         ids, prefix = self.candidates.ids, self.candidates.prefix
         firsts = [c[0] for c in ids]
         if self.rule == "greedy" and len(set(firsts)) == len(firsts) and not prefix:
@@ -272,6 +287,16 @@ class Predictor:
             label = self.candidates.labels[k]
             preds.append({"label": label, "text": label, "score": round(sequence_score(lps[k]), 4)})
         return preds
+
+    def _from_probs(self, probs: list[float]) -> dict[str, Any]:
+        labels = self.task.labels
+        k = max(range(len(labels)), key=lambda j: probs[j])
+        return {
+            "label": labels[k],
+            "text": labels[k],
+            "score": round(probs[k], 4),
+            "scores": {label: round(p, 4) for label, p in zip(labels, probs, strict=True)},
+        }
 
 
 def _strip_predict(text: str) -> str:

@@ -113,4 +113,27 @@ def open_backend(model_dir: str | Path, task: TaskConfig, device: str = "cpu", t
     return student_class(kind).backend(model_dir, task, device=device, threads=threads)
 
 
-__all__ = ["KINDS", "Student", "StudentOptions", "detect_kind", "load_student", "open_backend"]
+def export_student(
+    model_dir: str | Path, fmt: str | None = None, output=None, quantization: str = "int8"
+) -> Path:
+    """Export a saved student in its kind's format (`ct2` for seq2seq and causal students,
+    `onnx` for classifiers); `fmt=None` picks the kind's first."""
+    _, kind = detect_kind(model_dir)
+    exporters = student_class(kind).exporters()
+    fmt = fmt or next(iter(exporters))
+    if fmt not in exporters:
+        raise ConfigError(
+            f"{model_dir}: a {kind} student exports to {', '.join(exporters)}, not {fmt!r}"
+        )
+    return exporters[fmt](model_dir, output, quantization)
+
+
+__all__ = [
+    "KINDS",
+    "Student",
+    "StudentOptions",
+    "detect_kind",
+    "export_student",
+    "load_student",
+    "open_backend",
+]

@@ -15,6 +15,7 @@ kind. Inference (the predictor's backend interface): `token_logprobs`, `first_lo
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -110,6 +111,11 @@ class Student(ABC):
     @abstractmethod
     def logits(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """(logits (B, T, V), targets (B, T) with -100 at ignored positions, tags (B, T))."""
+
+    @classmethod
+    def exporters(cls) -> dict[str, Callable[..., Path]]:
+        """Export formats of this kind: name -> f(model_dir, output, quantization) -> dir."""
+        return {}
 
     def save(self, model, dest: Path) -> None:
         """Save `model` (the trained, unwrapped one) and the tokenizer as a plain HF dir."""

@@ -72,6 +72,7 @@ def build_smollm2(out: Path) -> Path:
 
 def build_tiny_llama(out: Path) -> Path:
     def build(tmp: Path) -> None:
+        import torch
         from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
         tok = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir())
@@ -88,7 +89,10 @@ def build_tiny_llama(out: Path) -> Path:
             eos_token_id=tok.eos_token_id,
             pad_token_id=tok.pad_token_id,
         )
-        LlamaForCausalLM(config).save_pretrained(tmp)
+        with torch.random.fork_rng():  # the same tiny Llama in every user dir
+            torch.manual_seed(0)
+            model = LlamaForCausalLM(config)
+        model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
 
     return _atomic_dir(out, build)

@@ -5,10 +5,10 @@ assistant header); completion = the target in the task's format, built exactly a
 (segments tokenized without special tokens, eos appended, each token tagged label/rationale),
 so the split loss is the same. The loss covers completion tokens only.
 
-Batches: rows are grouped by prompt + completion length (one sequence), right-padded for
-training; logits are computed only from the shortest prompt's end on (`logits_to_keep`).
-Inference left-pads prompts and passes explicit position ids, so a row's numbers never depend
-on the other rows of its batch. Label scoring runs the prompts once, then every candidate over
+Batches: rows are grouped by prompt + completion length (one sequence) and left-padded with
+explicit position ids, in training as in inference, so a row's numbers never depend on the
+other rows of its batch; every completion then ends at the last position, and logits (the
+costly vocabulary projection) are computed only over the last longest-completion positions. Label scoring runs the prompts once, then every candidate over
 the prompts' KV cache (repeated per candidate).
 """
 
@@ -42,6 +42,20 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def prompt_ids(tok, source: str, max_source_len: int = 512) -> list[int]:
+    """Token ids of the prompt for `source`: the chat template's user turn and assistant
+    header when the tokenizer has a template, else the source and a newline."""
+    ids = tok(source, add_special_tokens=False).input_ids
+    if len(ids) > max_source_len:  # truncate the input, never the template around it
+        source = tok.decode(ids[:max_source_len])
+    if tok.chat_template:
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": source}], tokenize=False, add_generation_prompt=True
+        )
+        return tok(text, add_special_tokens=False).input_ids
+    return tok(source + "\n").input_ids
+
+
 class CausalStudent(Student):
     kind = "causal"
 
@@ -63,21 +77,16 @@ class CausalStudent(Student):
             model = _with_lora(model, options)
         return cls(model, tok, task)
 
+    @classmethod
+    def exporters(cls):
+        from protege.serve.ct2_causal import export_ct2_causal
+
+        return {"ct2": export_ct2_causal}
+
     # ---- features --------------------------------------------------------------------------
 
     def prompt_ids(self, source: str, max_source_len: int | None = None) -> list[int]:
-        """Token ids of the prompt for `source`: the chat template's user turn and assistant
-        header when there is a template, else the source and a newline."""
-        limit = max_source_len or self.max_source_len
-        ids = self.tok(source, add_special_tokens=False).input_ids
-        if len(ids) > limit:  # truncate the input, never the template around it
-            source = self.tok.decode(ids[:limit])
-        if self.tok.chat_template:
-            text = self.tok.apply_chat_template(
-                [{"role": "user", "content": source}], tokenize=False, add_generation_prompt=True
-            )
-            return self.tok(text, add_special_tokens=False).input_ids
-        return self.tok(source + "\n").input_ids
+        return prompt_ids(self.tok, source, max_source_len or self.max_source_len)
 
     def encode(self, examples: list[Example], max_source_len: int, max_target_len: int) -> list:
         targets = encode_targets(examples, self.tok, max_target_len)
@@ -91,33 +100,34 @@ class CausalStudent(Student):
         return [len(e.input_ids) + len(e.target_ids) for e in items], [0] * len(items)
 
     def collate(self, items: list[Encoded]) -> dict[str, torch.Tensor]:
-        """Right-padded prompt+completion; labels -100 on the prompt and padding."""
-        width = max(len(e.input_ids) + len(e.target_ids) for e in items)
-        ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(items), width), dtype=torch.long)
+        """Left-padded prompt+completion, so every completion ends at the last position and
+        logits are needed only for the last (longest completion + 1) positions; labels -100
+        on the prompt and the padding; position ids that skip the padding."""
+        rows = [e.input_ids + e.target_ids for e in items]
+        ids, mask = left_pad(rows, self.pad_id)
+        width = ids.shape[1]
         labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
         tags = torch.full((len(items), width), PAD_TAG, dtype=torch.long)
-        prompt = torch.tensor([len(e.input_ids) for e in items])
         for i, e in enumerate(items):
-            n, m = len(e.input_ids), len(e.target_ids)
-            ids[i, : n + m] = torch.tensor(e.input_ids + e.target_ids)
-            mask[i, : n + m] = 1
-            labels[i, n : n + m] = torch.tensor(e.target_ids)
-            tags[i, n : n + m] = torch.tensor(e.tags)
+            m = len(e.target_ids)
+            labels[i, width - m :] = torch.tensor(e.target_ids)
+            tags[i, width - m :] = torch.tensor(e.tags)
         return {
             "input_ids": ids,
             "attention_mask": mask,
+            "position_ids": positions(mask),
             "labels": labels,
             "tags": tags,
-            "prompt_len": prompt,
         }
 
     def logits(self, model, batch):
         T = batch["input_ids"].shape[1]
-        start = max(0, int(batch["prompt_len"].min()) - 1)  # first position predicting a target
+        real = (batch["labels"] != IGNORE).any(0).nonzero()  # (N, 1) positions with a target
+        start = int(real.min()) - 1 if len(real) else T - 1  # first position predicting one
         logits = model(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
             logits_to_keep=T - start,
         ).logits  # (B, T - start, V): positions start .. T-1
         # Position p predicts token p + 1.

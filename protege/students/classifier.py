@@ -64,6 +64,12 @@ class ClassifierStudent(Student):
             model.gradient_checkpointing_enable()
         return cls(model, tok, task)
 
+    @classmethod
+    def exporters(cls):
+        from protege.serve.onnx import export_onnx
+
+        return {"onnx": export_onnx}
+
     # ---- features --------------------------------------------------------------------------
 
     def label_index(self, text: str) -> int:

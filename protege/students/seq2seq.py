@@ -38,6 +38,12 @@ class Seq2SeqStudent(Student):
 
         return TorchBackend(model_dir, device=device, threads=threads)
 
+    @classmethod
+    def exporters(cls):
+        from protege.serve.ct2 import export_ct2
+
+        return {"ct2": export_ct2}
+
     def encode(self, examples: list[Example], max_source_len: int, max_target_len: int) -> list:
         return data.encode(examples, self.tok, max_source_len, max_target_len)
 

@@ -1,0 +1,119 @@
+"""predict/serve/export for the causal and classifier kinds: label scoring agrees with greedy
+generation, a row's answer never depends on its batch, classifiers give softmax `scores`,
+exports (CTranslate2 for Llama, ONNX int8 for classifiers) agree with PyTorch."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from serve_util import nli_rows
+
+from protege.cli import main
+from protege.formats import TaskConfig, make_examples, save_task
+from protege.serve.ct2 import match_rate
+from protege.serve.predictor import Predictor
+from protege.students import export_student, load_student
+from protege.train.loss import split_loss
+
+
+def fit(name: str, task: TaskConfig, out, steps: int, lr: float, n_rows: int = 32):
+    """A few full-batch steps through the student interface, saved as a protege model dir."""
+    torch.manual_seed(0)
+    student = load_student(name, task)
+    examples = [e for r in nli_rows("train", n_rows) for e in make_examples(task, r)]
+    batch = student.collate(student.encode(examples, 96, 16))
+    opt = torch.optim.AdamW(student.model.parameters(), lr=lr)
+    student.model.train()
+    for _ in range(steps):
+        split_loss(*student.logits(student.model, batch), None).total.backward()
+        opt.step()
+        opt.zero_grad()
+    student.model.eval()
+    student.save(student.model, out)
+    save_task(task, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def causal_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("causal") / "m"
+    return fit("protege:tiny-llama", TaskConfig(format="label+rationale"), out, 40, 1e-2, 24)
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cls") / "m"
+    return fit("protege:minilm-cls", TaskConfig(format="label"), out, 8, 1e-4, n_rows=24)
+
+
+def test_causal_scoring_picks_greedy_label_wherever_greedy_is_valid(causal_dir):
+    p = Predictor.load(causal_dir)
+    rows = nli_rows("dev") + nli_rows("train", 24)
+    generated = p.predict(rows, fast=False)
+    scored = p.predict(rows, fast=True)
+    valid = [(g["label"], s["label"]) for g, s in zip(generated, scored, strict=True) if g["label"]]
+    assert len(valid) >= len(rows) // 2
+    assert len({g for g, _ in valid}) >= 2  # more than one label: the check can fail
+    assert all(g == s for g, s in valid), [v for v in valid if v[0] != v[1]]
+    assert all(s["label"] in p.task.labels for s in scored)
+
+
+def test_causal_predictions_never_depend_on_the_batch(causal_dir):
+    p = Predictor.load(causal_dir, batch_size=8)
+    rows = nli_rows("dev", 16)
+    batched = p.predict(rows)
+    assert batched == [p.predict([r])[0] for r in rows]
+    assert p.predict(rows, fast=False) == [p.predict([r], fast=False)[0] for r in rows]
+
+
+def test_classifier_predictions_carry_softmax_scores(classifier_dir):
+    p = Predictor.load(classifier_dir)
+    preds = p.predict(nli_rows("dev", 6))
+    for pred in preds:
+        assert set(pred["scores"]) == set(p.task.labels)
+        assert sum(pred["scores"].values()) == pytest.approx(1, abs=1e-3)
+        assert pred["label"] == max(pred["scores"], key=pred["scores"].get)
+    generated = p.predict(nli_rows("dev", 6), fast=False, with_rationale=True)
+    assert [g["label"] for g in generated] == [x["label"] for x in preds]
+    assert all(g["rationale"] is None for g in generated)  # a classifier writes none
+
+
+def test_classifier_onnx_int8_export_agrees_with_pytorch(classifier_dir, tmp_path):
+    out = export_student(classifier_dir, None, tmp_path / "onnx", "int8")
+    assert (out / "model.onnx").exists() and (out / "protege_onnx.json").exists()
+    rows = nli_rows("dev", 30)
+    torch_p, onnx_p = Predictor.load(classifier_dir), Predictor.load(out)
+    m = match_rate(torch_p, onnx_p, rows)
+    assert m["match_rate"] >= 0.9, m
+    a, b = torch_p.predict(rows[:5]), onnx_p.predict(rows[:5])
+    for x, y in zip(a, b, strict=True):
+        for label in x["scores"]:
+            assert x["scores"][label] == pytest.approx(y["scores"][label], abs=0.05)
+
+
+def test_causal_ct2_export_agrees_with_pytorch(causal_dir, tmp_path):
+    out = export_student(causal_dir, "ct2", tmp_path / "ct2", "float32")
+    rows = nli_rows("dev", 20)
+    a, b = Predictor.load(causal_dir), Predictor.load(out)
+    assert match_rate(a, b, rows)["match_rate"] == 1.0
+    assert match_rate(a, b, rows, fast=False)["match_rate"] >= 0.9
+    lps_t = a.backend.token_logprobs([a.source(rows[0])], a.candidates.ids)[0]
+    lps_c = b.backend.token_logprobs([b.source(rows[0])], b.candidates.ids)[0]
+    for x, y in zip(lps_t, lps_c, strict=True):
+        assert x == pytest.approx(y, abs=1e-3)
+
+
+def test_cli_export_picks_the_kinds_format_and_refuses_others(classifier_dir, tmp_path):
+    data = tmp_path / "dev.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in nli_rows("dev", 10)))
+    out = tmp_path / "exp"
+    r = CliRunner().invoke(
+        main, ["export", str(classifier_dir), "-o", str(out), "--check", str(data)]
+    )
+    assert r.exit_code == 0, r.output
+    assert "same prediction as PyTorch on" in r.output and (out / "model.onnx").exists()
+    r = CliRunner().invoke(main, ["export", str(classifier_dir), "--format", "ct2"])
+    assert r.exit_code == 1 and "a classifier student exports to onnx, not 'ct2'" in r.output
