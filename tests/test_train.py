@@ -12,7 +12,6 @@ from click.testing import CliRunner
 from protege.config import from_dict, load_config
 from protege.data.samples import sample_path
 from protege.errors import ConfigError
-from protege.targets import decoder_start_id
 from protege.train import TrainConfig, run_train, trainer
 from protege.train import checkpoint as ckpt
 from protege.train.grid import expand_grid, format_lr
@@ -60,29 +59,39 @@ def tiny_config(tmp_path: Path, **changes) -> TrainConfig:
     return from_dict(TrainConfig, data)
 
 
-@pytest.mark.parametrize("name", ["protege:tiny-t5", "protege:tiny-bart"])
-def test_a_few_steps_change_every_trainable_parameter(tmp_path, name):
-    from protege.student import load_student
-    from protege.train.data import collate, encode, load_examples
+@pytest.mark.parametrize(
+    "name, fmt",
+    [
+        ("protege:tiny-t5", "label+rationale"),
+        ("protege:tiny-bart", "label+rationale"),
+        ("protege:tiny-llama", "label+rationale"),
+        ("protege:minilm-cls", "label"),
+    ],
+)
+def test_a_few_steps_change_every_trainable_parameter(tmp_path, name, fmt):
+    from protege.students import load_student
+    from protege.train.data import load_examples
 
-    cfg = tiny_config(tmp_path, model=name)
+    cfg = tiny_config(tmp_path, model=name, task={"format": fmt})
     trainer.set_seed(0)
-    model, tok = load_student(name)
+    student = load_student(name, cfg.task)
+    model = student.model
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     accelerator = trainer.make_accelerator("no")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     scheduler = trainer.linear_schedule(optimizer, 0, 10)
     model, optimizer = accelerator.prepare(model, optimizer)
-    items = encode(
-        load_examples(cfg.train_data, cfg.task).examples, tok, 64, 32, decoder_start_id(model)
-    )
+    items = student.encode(load_examples(cfg.train_data, cfg.task).examples, 64, 32)
+    weights = (0.5, 0.5) if fmt != "label" else None
     for _ in range(3):
-        micro = [collate(items[:4], tok.pad_token_id), collate(items[4:8], tok.pad_token_id)]
+        micro = [student.collate(items[:4]), student.collate(items[4:8])]
         loss, sums, tokens = trainer.train_step(
-            model, optimizer, scheduler, micro, (0.5, 0.5), accelerator, 1.0
-        )
+            model, optimizer, scheduler, micro, weights, accelerator, 1.0, student.n_suffix,
+            logits_fn=student.logits,
+        )  # fmt: skip
         label, rationale, span = sums.means()
-        assert loss > 0 and label > 0 and rationale > 0 and span > 0 and tokens > 0
+        assert loss > 0 and label > 0 and span > 0 and tokens > 0
+        assert rationale > 0 if fmt != "label" else rationale is None
     unchanged = [n for n, p in model.named_parameters() if torch.equal(before[n], p.detach())]
     assert unchanged == []
 
@@ -184,7 +193,9 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(ckpt, "save_last", real_save)
     steps = []
     real_step = trainer.train_step
-    monkeypatch.setattr(trainer, "train_step", lambda *a: steps.append(1) or real_step(*a))
+    monkeypatch.setattr(
+        trainer, "train_step", lambda *a, **k: steps.append(1) or real_step(*a, **k)
+    )
     run_train(cfg)
     assert len(steps) == 3  # the baseline is done; only the steps after the checkpoint
     history = [json.loads(x) for x in (run_dir / "history.jsonl").read_text().splitlines()]

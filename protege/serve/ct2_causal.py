@@ -88,9 +88,12 @@ class CT2CausalBackend:
     def _prompt(self, source: str) -> list[int]:
         return prompt_ids(self.tok, source, self.max_source_len)
 
+    start_id = None  # no decoder start: candidates follow the prompt directly
+
     def token_logprobs(
-        self, sources: list[str], candidates: list[list[int]]
+        self, sources: list[str], candidates: list[list[int]], prefix: list[int] = ()
     ) -> list[list[list[float]]]:
+        assert not prefix, "a causal completion has no target prefix"
         prompts = [self._prompt(s) for s in sources]
         k = len(candidates)
         seqs = [self.tok.convert_ids_to_tokens(p + c) for p in prompts for c in candidates]

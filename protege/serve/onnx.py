@@ -98,6 +98,8 @@ def export_onnx(
 class OnnxClassifierBackend:
     """An exported classifier under onnxruntime, behind the predictor's backend interface."""
 
+    start_id = None
+
     def __init__(
         self,
         export_dir: str | Path,

@@ -33,7 +33,6 @@ def student_class(kind: str) -> type[Student]:
 
 def resolve(name: str | Path) -> tuple[str, str | None]:
     """(path or hub name for from_pretrained, the kind a `protege:` name implies or None)."""
-    from protege.student import resolve_model
     from protege.students.builtins import BUILTINS
 
     name = str(name)
@@ -41,7 +40,7 @@ def resolve(name: str | Path) -> tuple[str, str | None]:
         kind, build = BUILTINS[name]
         return str(build()), kind
     if name.startswith("protege:"):
-        return resolve_model(name), "seq2seq"
+        return name, "seq2seq"  # protege.student builds it (with its seed) when loading
     return name, None
 
 
@@ -98,13 +97,15 @@ def load_student(
     task: TaskConfig | None = None,
     kind: str = "auto",
     options: StudentOptions | None = None,
+    seed: int | None = None,
 ) -> Student:
-    """A `Student` of the right kind for `name`, checked against `task`."""
+    """A `Student` of the right kind for `name`, checked against `task`; `seed`: what a
+    `protege:` seq2seq student's random parameters are drawn from."""
     path, kind = detect_kind(name, kind)
     cls = student_class(kind)
     if task is not None:
         cls.check_task(task)
-    return cls.load(path, task, options or StudentOptions())
+    return cls.load(path, task, options or StudentOptions(), seed)
 
 
 def open_backend(model_dir: str | Path, task: TaskConfig, device: str = "cpu", threads=None):

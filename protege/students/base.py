@@ -16,14 +16,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
 from protege.formats import Example, TaskConfig
-from protege.train.data import TAGS, Encoded  # a causal student's Encoded: prompt, completion
+from protege.students.options import StudentOptions
+from protege.train.data import TAGS, Encoded, fit_segments, label_reach
 
 
 def eos_id(tok) -> int:
@@ -31,40 +31,31 @@ def eos_id(tok) -> int:
     return tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
 
 
-def encode_targets(examples: list[Example], tok, max_target_len: int) -> list[tuple[list, list]]:
-    """Targets as (ids, tags): each segment tokenized without special tokens, eos appended,
-    every token tagged with its segment's span (shared by the seq2seq and causal kinds)."""
+def encode_targets(
+    examples: list[Example], tok, max_target_len: int
+) -> list[tuple[list[int], list[int], int]]:
+    """Targets as (ids, tags, label_reach), built as `train.data.encode` builds seq2seq targets:
+    each segment tokenized without special tokens, only the rationale cut to fit, eos
+    appended, every token tagged with its segment's span."""
     texts = [text for e in examples for _, text in e.segments]
     seg_ids = iter(tok(texts, add_special_tokens=False)["input_ids"]) if texts else iter([])
     eos = eos_id(tok)
     out = []
     for example in examples:
-        ids: list[int] = []
-        tags: list[int] = []
-        for kind, _ in example.segments:
-            piece = next(seg_ids)
-            ids += piece
-            tags += [TAGS[kind]] * len(piece)
-        ids, tags = ids[: max_target_len - 1], tags[: max_target_len - 1]
+        pieces = fit_segments([(k, next(seg_ids)) for k, _ in example.segments], max_target_len - 1)
+        ids = [i for _, piece in pieces for i in piece]
+        tags = [TAGS[kind] for kind, piece in pieces for _ in piece]
         last = tags[-1] if tags else TAGS[example.segments[-1][0]]
-        out.append((ids + [eos], tags + [last]))
+        out.append((ids + [eos], tags + [last], label_reach(pieces, 1)))
     return out
-
-
-@dataclass
-class StudentOptions:
-    """How a student is loaded for training (ignored where a kind has no use for it)."""
-
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    gradient_checkpointing: bool = False
 
 
 class Student(ABC):
     """A model of one kind and its tokenizer, behind the calls the rest of protege makes."""
 
     kind: ClassVar[str]
+    start_id: int | None = None
+    """The decoder start token (seq2seq only): what a target prefix is told apart from."""
 
     def __init__(self, model, tok, task: TaskConfig | None = None, device: str = "cpu"):
         self.model, self.tok, self.task, self.device = model, tok, task, device
@@ -72,10 +63,15 @@ class Student(ABC):
 
     # ---- loading ---------------------------------------------------------------------------
 
+    n_suffix: int = 1
+    """End tokens closing every target (eos), left out of the label span's loss."""
+
     @classmethod
     @abstractmethod
-    def load(cls, path: str, task: TaskConfig | None, options: StudentOptions) -> Student:
-        """Load from a resolved path (local dir or hub name)."""
+    def load(
+        cls, path: str, task: TaskConfig | None, options: StudentOptions, seed: int | None = None
+    ) -> Student:
+        """Load from a resolved path (local dir or hub name); `seed`: random parts' seed."""
 
     @classmethod
     def check_task(cls, task: TaskConfig) -> None:
@@ -111,6 +107,12 @@ class Student(ABC):
     @abstractmethod
     def logits(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """(logits (B, T, V), targets (B, T) with -100 at ignored positions, tags (B, T))."""
+
+    def configure_decoding(self, settings: dict[str, Any]) -> None:
+        """Make the model's generation config say exactly `settings` (generative kinds)."""
+        from protege.student import set_decoding
+
+        set_decoding(self.model, settings, [])
 
     @classmethod
     def exporters(cls) -> dict[str, Callable[..., Path]]:

@@ -60,7 +60,9 @@ class CausalStudent(Student):
     kind = "causal"
 
     @classmethod
-    def load(cls, path: str, task: TaskConfig | None, options: StudentOptions) -> CausalStudent:
+    def load(
+        cls, path: str, task: TaskConfig | None, options: StudentOptions, seed: int | None = None
+    ) -> CausalStudent:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         try:
@@ -91,8 +93,8 @@ class CausalStudent(Student):
     def encode(self, examples: list[Example], max_source_len: int, max_target_len: int) -> list:
         targets = encode_targets(examples, self.tok, max_target_len)
         return [
-            Encoded(self.prompt_ids(e.source, max_source_len), ids, tags, e.uid)
-            for e, (ids, tags) in zip(examples, targets, strict=True)
+            Encoded(self.prompt_ids(e.source, max_source_len), ids, tags, e.uid, reach)
+            for e, (ids, tags, reach) in zip(examples, targets, strict=True)
         ]
 
     def lengths(self, items: list[Encoded]) -> tuple[list[int], list[int]]:
@@ -183,9 +185,10 @@ class CausalStudent(Student):
         return lp.cpu().tolist()
 
     def token_logprobs(
-        self, sources: list[str], candidates: list[list[int]]
+        self, sources: list[str], candidates: list[list[int]], prefix: list[int] = ()
     ) -> list[list[list[float]]]:
         """One pass over the prompts, then every candidate over their KV cache."""
+        assert not prefix, "a causal completion has no target prefix"
         b, k = len(sources), len(candidates)
         t = max(len(c) for c in candidates)
         with torch.inference_mode():

@@ -19,6 +19,7 @@ from protege.train.loss import LABEL_TAG
 
 class ClassifierStudent(Student):
     kind = "classifier"
+    n_suffix = 0  # the one "token" is the label
 
     @classmethod
     def check_task(cls, task: TaskConfig) -> None:
@@ -34,7 +35,9 @@ class ClassifierStudent(Student):
             )
 
     @classmethod
-    def load(cls, path: str, task: TaskConfig | None, options: StudentOptions) -> ClassifierStudent:
+    def load(
+        cls, path: str, task: TaskConfig | None, options: StudentOptions, seed: int | None = None
+    ) -> ClassifierStudent:
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
         try:
@@ -69,6 +72,9 @@ class ClassifierStudent(Student):
         from protege.serve.onnx import export_onnx
 
         return {"onnx": export_onnx}
+
+    def configure_decoding(self, settings) -> None:
+        return None  # nothing is decoded: one softmax over the labels
 
     # ---- features --------------------------------------------------------------------------
 

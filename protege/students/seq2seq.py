@@ -18,13 +18,26 @@ class Seq2SeqStudent(Student):
     kind = "seq2seq"
 
     @classmethod
-    def load(cls, path: str, task: TaskConfig | None, options: StudentOptions) -> Seq2SeqStudent:
+    def load(
+        cls, path: str, task: TaskConfig | None, options: StudentOptions, seed: int | None = None
+    ) -> Seq2SeqStudent:
         from protege.student import load_student
+        from protege.targets import decoder_start_id, target_affixes
 
-        model, tok = load_student(path)
+        model, tok = load_student(path, seed=seed)
         if options.gradient_checkpointing:
             model.gradient_checkpointing_enable()
-        return cls(model, tok, task)
+        student = cls(model, tok, task)
+        student.start_id = decoder_start_id(model)
+        student.n_suffix = len(target_affixes(tok, student.start_id)[1])
+        return student
+
+    def configure_decoding(self, settings) -> None:
+        """Also force the target prefix the trainer puts before every target (BART's `<s>`)."""
+        from protege.student import set_decoding
+        from protege.targets import target_affixes
+
+        set_decoding(self.model, settings, target_affixes(self.tok, self.start_id)[0])
 
     @classmethod
     def backend(
@@ -45,7 +58,7 @@ class Seq2SeqStudent(Student):
         return {"ct2": export_ct2}
 
     def encode(self, examples: list[Example], max_source_len: int, max_target_len: int) -> list:
-        return data.encode(examples, self.tok, max_source_len, max_target_len)
+        return data.encode(examples, self.tok, max_source_len, max_target_len, self.start_id)
 
     def collate(self, items) -> dict[str, torch.Tensor]:
         return data.collate(items, self.pad_id)

@@ -80,15 +80,15 @@ def replace_dir(tmp: Path, dest: Path) -> None:
         shutil.rmtree(old)
 
 
-def save_model_dir(model, tok, task: TaskConfig, meta: dict[str, Any], dest: str | Path) -> Path:
-    """An ordinary HF model dir + protege_task.json + protege_meta.json, written atomically."""
+def save_model_dir(student, task: TaskConfig, meta: dict[str, Any], dest: str | Path) -> Path:
+    """An ordinary HF model dir (`student.save`: LoRA merged in) + protege_task.json +
+    protege_meta.json, written atomically."""
     dest = Path(dest)
     tmp = dest.with_name(f".{dest.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
+    student.save(student.model, tmp)
     save_task(task, tmp)
     write_json(tmp / META_FILE, meta)
     replace_dir(tmp, dest)

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from protege.config import require_positive
 from protege.formats import TaskConfig
+from protege.students.options import StudentOptions
 
 
 @dataclass
@@ -65,6 +66,8 @@ class TrainConfig:
 
     model: str = "protege:minilm-encdec"
     """Student: hub name (`t5-small`), local model dir, or a `protege:` name."""
+    student: StudentOptions = field(default_factory=StudentOptions)
+    """Student kind (auto from the model's config) and loading options (LoRA, checkpointing)."""
     task: TaskConfig = field(default_factory=TaskConfig)
     """What goes in and out (fields, labels, target format)."""
     train_data: str = ""

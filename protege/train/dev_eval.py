@@ -23,8 +23,7 @@ from protege.formats import (
     normalise_label,
     parse_output,
 )
-from protege.targets import decoder_start_id, target_affixes
-from protege.train.data import Encoded, collate
+from protege.train.data import Encoded
 from protege.train.loss import TokenSums, token_sums
 
 
@@ -34,9 +33,7 @@ def _gather(accelerator, items: list) -> list:
     return gather_object(items) if accelerator.num_processes > 1 else items
 
 
-def dev_loss(
-    model, dev: list[Encoded], pad_id: int, batch_size: int, accelerator, n_suffix: int = 1
-) -> TokenSums:
+def dev_loss(student, dev: list[Encoded], batch_size: int, accelerator) -> TokenSums:
     """Summed CE per span over the whole dev set (this process's shard, then gathered)."""
     rank, world = accelerator.process_index, accelerator.num_processes
     shard = sorted(dev[rank::world], key=lambda e: len(e.input_ids))
@@ -44,44 +41,31 @@ def dev_loss(
     for i in range(0, len(shard), batch_size):
         batch = {
             k: v.to(accelerator.device)
-            for k, v in collate(shard[i : i + batch_size], pad_id).items()
+            for k, v in student.collate(shard[i : i + batch_size]).items()
         }
-        decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
         with torch.no_grad(), accelerator.autocast():
-            logits = model(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                decoder_input_ids=decoder_input_ids,
-            ).logits  # (B, T, V)
-        sums.add(token_sums(logits, batch["labels"], batch["tags"], n_suffix))
+            logits, targets, tags = student.logits(student.model, batch)  # (B, T, V) ...
+        sums.add(token_sums(logits, targets, tags, student.n_suffix))
     total = TokenSums()
     for part in _gather(accelerator, [sums]):
         total.add(part)
     return total
 
 
-def generate(model, tok, texts: list[str], cfg, accelerator) -> list[str]:
-    """Generated strings for `texts` (sharded across processes, order restored)."""
+def generate(student, texts: list[str], cfg, accelerator) -> list[str]:
+    """Generated strings for `texts` (sharded across processes, order restored); every other
+    decoding setting is the model's generation config (`Student.configure_decoding`)."""
     rank, world = accelerator.process_index, accelerator.num_processes
     mine = sorted(range(rank, len(texts), world), key=lambda i: len(texts[i]))
     out: list[tuple[int, str]] = []
     bs = cfg.eval_batch_size
+    gen = cfg.generation
     for start in range(0, len(mine), bs):
         idx = mine[start : start + bs]
-        enc = tok(
-            clip_sources([texts[i] for i in idx], cfg.max_source_len),
-            truncation=True,
-            max_length=cfg.max_source_len,
-            padding=True,
-            return_tensors="pt",
-        ).to(accelerator.device)
         with torch.no_grad(), accelerator.autocast():
-            ids = model.generate(
-                input_ids=enc["input_ids"],
-                attention_mask=enc["attention_mask"],
-                **cfg.generation.settings(),  # explicit: nothing left to the checkpoint
-            )
-        out += zip(idx, tok.batch_decode(ids, skip_special_tokens=True), strict=True)
+            batch = clip_sources([texts[i] for i in idx], cfg.max_source_len)  # a huge row: no cost
+            texts_out = student.generate(batch, gen.max_new_tokens, gen.num_beams)
+        out += zip(idx, texts_out, strict=True)
     return [text for _, text in sorted(_gather(accelerator, out))]
 
 
@@ -133,8 +117,7 @@ def score(
 
 
 def evaluate(
-    model,
-    tok,
+    student,
     task: TaskConfig,
     records: list[dict[str, Any]],
     dev: list[Encoded],
@@ -143,16 +126,16 @@ def evaluate(
     accelerator,
 ) -> dict[str, float | None]:
     """Everything one evaluation logs: eval loss (and both terms) and generated-text metrics."""
+    model, tok = student.model, student.tok
     was_training = model.training
     model.eval()
-    n_suffix = len(target_affixes(tok, decoder_start_id(model))[1])
-    sums = dev_loss(model, dev, tok.pad_token_id, cfg.eval_batch_size, accelerator, n_suffix)
+    sums = dev_loss(student, dev, cfg.eval_batch_size, accelerator)
     total, lab, rat = sums.terms(weights)
-    outputs = generate(model, tok, [inference_input(task, r) for r in records], cfg, accelerator)
+    outputs = generate(student, [inference_input(task, r) for r in records], cfg, accelerator)
     explanations = None
     if task.format == "multitask":
         explanations = generate(
-            model, tok, [explain_input(task, r) for r in records], cfg, accelerator
+            student, [explain_input(task, r) for r in records], cfg, accelerator
         )
     metrics = {
         "eval_loss": total,  # what this run optimises: not comparable across formats/splits

@@ -132,8 +132,8 @@ def token_sums(
         is_label = (tags == LABEL_TAG) & real
         is_rat = (tags == RATIONALE_TAG) & real
         pos = torch.arange(labels.shape[1], device=labels.device)[None, :]
-        end = real.sum(dim=1, keepdim=True) - n_suffix  # targets are right-padded
-        span = is_label & (pos < end)
+        last = torch.where(real, pos, -1).max(dim=1, keepdim=True).values  # either padding side
+        span = is_label & (pos <= last - n_suffix)
         return TokenSums(
             float((ce * is_label).sum()),
             int(is_label.sum()),

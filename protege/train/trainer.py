@@ -26,17 +26,10 @@ from protege.config import to_dict
 from protege.data.io import atomic_write_text, iter_jsonl, write_json
 from protege.errors import ConfigError
 from protege.formats import model_task_prefix, render_input
-from protege.student import load_student, set_decoding
-from protege.targets import decoder_start_id, target_affixes
+from protege.students import load_student
 from protege.train import checkpoint
 from protege.train.config import TrainConfig
-from protege.train.data import (
-    collate,
-    data_fingerprint,
-    encode,
-    length_grouped_batches,
-    load_examples,
-)
+from protege.train.data import data_fingerprint, length_grouped_batches, load_examples
 from protege.train.dev_eval import evaluate
 from protege.train.loss import TokenSums, split_loss, token_sums
 
@@ -132,14 +125,17 @@ def refuse_selection_on_training_rows(cfg: TrainConfig, task, train, dev) -> Non
 
 
 def local_batches(
-    items, cfg: TrainConfig, epoch: int, rank: int, world: int, groups=None
+    items, cfg: TrainConfig, epoch: int, rank: int, world: int, groups=None, lengths=None
 ) -> list[list[int]]:
     """This process's batches of one epoch: the same global order everywhere, dealt round-robin
     (trimmed to a multiple of the world size so every process takes the same number of steps).
     Fewer batches than processes would leave one without work, waiting for the others
-    forever: that stops with an error, on every process alike."""
-    src = [len(e.input_ids) for e in items]
-    tgt = [len(e.target_ids) for e in items]
+    forever: that stops with an error, on every process alike. `lengths(items)`: the two
+    grouping keys (the student's; default source and target lengths)."""
+    if lengths is None:
+        src, tgt = [len(e.input_ids) for e in items], [len(e.target_ids) for e in items]
+    else:
+        src, tgt = lengths(items)
     batches = length_grouped_batches(
         src, tgt, cfg.batch_size, cfg.seed, epoch, cfg.mega_batch, groups
     )
@@ -154,29 +150,33 @@ def local_batches(
 
 
 def train_step(
-    model, optimizer, scheduler, micro_batches, weights, accelerator, max_grad_norm, n_suffix=1
+    model,
+    optimizer,
+    scheduler,
+    micro_batches,
+    weights,
+    accelerator,
+    max_grad_norm,
+    n_suffix=1,
+    *,
+    logits_fn,
 ):
     """One optimizer step over `micro_batches` (gradient accumulation). Returns the mean loss
     optimised, the per-span token sums (so a term absent from a batch is missing, not 0) and
-    the real target tokens seen."""
-    unwrapped = accelerator.unwrap_model(model)
+    the real target tokens seen. `logits_fn(model, batch)` is the student's: (logits, targets,
+    tags) aligned, (B, T, V), (B, T), (B, T)."""
     total = 0.0
     sums = TokenSums()
     tokens = 0
     for i, batch in enumerate(micro_batches):
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        decoder_input_ids = unwrapped.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
         last = i == len(micro_batches) - 1
         with contextlib.nullcontext() if last else accelerator.no_sync(model):
-            logits = model(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                decoder_input_ids=decoder_input_ids,
-            ).logits  # (B, T, V)
-            terms = split_loss(logits, batch["labels"], batch["tags"], weights)
+            logits, targets, tags = logits_fn(model, batch)  # (B, T, V), (B, T), (B, T)
+            terms = split_loss(logits, targets, tags, weights)
             accelerator.backward(terms.total / len(micro_batches))
         total += float(terms.total.detach()) / len(micro_batches)
-        sums.add(token_sums(logits.detach(), batch["labels"], batch["tags"], n_suffix))
+        sums.add(token_sums(logits.detach(), targets, tags, n_suffix))
         tokens += int((batch["tags"] > 0).sum())
     if max_grad_norm:
         accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
@@ -226,16 +226,17 @@ def train_one(cfg: TrainConfig, out: Path, run_id: str, baseline: bool = False) 
     task = cfg.task
     set_seed(cfg.seed)
     with accelerator.main_process_first():  # builds protege: models once, not per process
-        model, tok = load_student(cfg.model, seed=cfg.seed)  # protege: random parts per seed
+        student = load_student(cfg.model, task, cfg.student.kind, cfg.student, seed=cfg.seed)
+    model = student.model
     if task.input_prefix is None:  # the model's own task prefix (t5-small: "summarize: ")
         task = replace(task, input_prefix=model_task_prefix(model.config, task.type))
-    start = decoder_start_id(model)
+    student.task = task
     train = load_examples(cfg.train_data, task, cfg.max_train_rows,
                           min_confidence=cfg.min_confidence)  # fmt: skip
     dev = load_examples(cfg.dev_data, task, cfg.max_dev_rows, split="dev")
     refuse_selection_on_training_rows(cfg, task, train.records, dev.records)
-    train_enc = encode(train.examples, tok, cfg.max_source_len, cfg.max_target_len, start)
-    dev_enc = encode(dev.examples, tok, cfg.max_source_len, cfg.max_target_len, start)
+    train_enc = student.encode(train.examples, cfg.max_source_len, cfg.max_target_len)
+    dev_enc = student.encode(dev.examples, cfg.max_source_len, cfg.max_target_len)
     budget = generation_budget(cfg, task, train_enc + dev_enc)
     if budget != cfg.generation.max_new_tokens:
         if main:
@@ -246,19 +247,20 @@ def train_one(cfg: TrainConfig, out: Path, run_id: str, baseline: bool = False) 
             )
         cfg = replace(cfg, generation=replace(cfg.generation, max_new_tokens=budget))
     decoding = cfg.generation.settings()  # the one source: dev, checkpoints, test, serve
-    set_decoding(model, decoding, target_affixes(tok, start)[0])
+    student.configure_decoding(decoding)
     weights = None if task.format == "label" else (cfg.split[0], cfg.split[1])
     rank, world = accelerator.process_index, accelerator.num_processes
 
     groups = train.groups if task.format == "multitask" else None  # predict:+explain: rows
-    n_local = len(local_batches(train_enc, cfg, 0, rank, world, groups))
+    n_local = len(local_batches(train_enc, cfg, 0, rank, world, groups, student.lengths))
     steps_per_epoch = math.ceil(n_local / cfg.grad_accum)
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
     evaluate_at = eval_steps(steps_per_epoch, cfg.evals_per_epoch, total_steps)
-    n_suffix = len(target_affixes(tok, start)[1])
+    n_suffix = student.n_suffix
 
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    trainable = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapters only
+    decay = [p for p in trainable if p.ndim >= 2]
+    no_decay = [p for p in trainable if p.ndim < 2]
     optimizer = torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": cfg.weight_decay},
@@ -270,6 +272,8 @@ def train_one(cfg: TrainConfig, out: Path, run_id: str, baseline: bool = False) 
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)  # stepped once per optimizer step, by us
     unwrapped = accelerator.unwrap_model(model)
+    student.model, student.device = unwrapped, accelerator.device  # generation in dev evals
+    student.max_source_len = cfg.max_source_len
 
     meta_base = {
         "run_id": run_id,
@@ -298,11 +302,11 @@ def train_one(cfg: TrainConfig, out: Path, run_id: str, baseline: bool = False) 
     bar = tqdm(total=total_steps, initial=step, desc=run_id, disable=not main, dynamic_ncols=True)
     model.train()
     while step < total_steps and not stopped_early:
-        batches = local_batches(train_enc, cfg, epoch, rank, world, groups)
+        batches = local_batches(train_enc, cfg, epoch, rank, world, groups, student.lengths)
         chunks = [batches[i : i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
         start = pos
         for pos in range(start, len(chunks)):  # noqa: B007 (pos is saved in last/)
-            micro = [collate([train_enc[i] for i in b], tok.pad_token_id) for b in chunks[pos]]
+            micro = [student.collate([train_enc[i] for i in b]) for b in chunks[pos]]
             lr = scheduler.get_last_lr()[0]  # the rate this step uses
             loss, sums, tokens = train_step(
                 model,
@@ -313,6 +317,7 @@ def train_one(cfg: TrainConfig, out: Path, run_id: str, baseline: bool = False) 
                 accelerator,
                 cfg.max_grad_norm,
                 n_suffix,
+                logits_fn=student.logits,
             )
             step += 1
             since_eval.append(loss)
@@ -337,7 +342,7 @@ def train_one(cfg: TrainConfig, out: Path, run_id: str, baseline: bool = False) 
             entry = {
                 "step": step,
                 "epoch": round(step / steps_per_epoch, 4),
-                **evaluate(unwrapped, tok, task, dev.records, dev_enc, weights, cfg, accelerator),
+                **evaluate(student, task, dev.records, dev_enc, weights, cfg, accelerator),
                 **window_losses(accelerator, since_eval, sums_since_eval),
                 "lr": lr,
                 "tokens_per_s": tokens_all / max(1e-9, elapsed),
@@ -348,9 +353,9 @@ def train_one(cfg: TrainConfig, out: Path, run_id: str, baseline: bool = False) 
                 atomic_write_text(steps_path, "".join(_json_line(h) for h in steps_log))
                 meta = {**meta_base, "step": step, "epoch": entry["epoch"], "metrics": entry}
                 if checkpoint.select_best(history, "eval_loss", False) is entry:
-                    checkpoint.save_model_dir(unwrapped, tok, task, meta, out / "best-loss")
+                    checkpoint.save_model_dir(student, task, meta, out / "best-loss")
                 if checkpoint.select_best(history, acc_key, True) is entry:
-                    checkpoint.save_model_dir(unwrapped, tok, task, meta, out / "best-accuracy")
+                    checkpoint.save_model_dir(student, task, meta, out / "best-accuracy")
                 bar.write(
                     f"[{run_id}] step {step}: "
                     + ", ".join(
