@@ -288,6 +288,9 @@ def main() -> None:
         model_dir, train_s = brief_training(args.data, args.n, args.train_steps, work)
         ct2_dir = export_ct2(model_dir, work / "student-ct2-int8", quantization="int8")
         f32_dir = export_ct2(model_dir, work / "student-ct2-f32", quantization="float32")
+        from kinds import CAUSAL, CLASSIFIER, kind_dirs, kind_paths
+
+        other_kinds, kind_params = kind_paths(kind_dirs(work), args.threads)
         torch_p = Predictor.load(model_dir, threads=args.threads)
         ct2_p = Predictor.load(ct2_dir, threads=args.threads)
         f32_p = Predictor.load(f32_dir, threads=args.threads)
@@ -306,6 +309,7 @@ def main() -> None:
             FAST["ct2_f32_scoring"]: lambda r: f32_p.predict([r], fast=True)[0]["label"],
             "CTranslate2 int8 generate": lambda r: ct2_p.predict([r], fast=False)[0]["label"],
             FAST["ct2_scoring"]: lambda r: ct2_p.predict([r], fast=True)[0]["label"],
+            **other_kinds,  # the classifier and causal students' fastest paths
         }
         rows, out = timed(paths, records)
         preds = {
@@ -386,8 +390,19 @@ def main() -> None:
     print(f"protege serve ({FAST[fastest_key]}), "
           f"{args.clients} clients x {args.seconds:g}s: {served['rps']:.1f} req/s, "
           f"{served['errors']} errors, mean micro-batch {served['mean_batch']:.1f}")  # fmt: skip
+    kind_p50 = {
+        "seq2seq": statistics.median(rows[FAST["ct2_scoring"]]),
+        "classifier": statistics.median(rows[CLASSIFIER]),
+        "causal": statistics.median(rows[CAUSAL]),
+    }
+    kind_params["seq2seq"] = torch_p.backend.model.num_parameters()
+    print("per kind, fastest path (p50 ms, parameters): " + ", ".join(
+        f"{k} {v:.2f} ms, {kind_params[k] / 1e6:.1f}M" for k, v in kind_p50.items()
+    ) + f"; classifier vs seq2seq CT2 int8 scoring: "
+        f"{kind_p50['seq2seq'] / kind_p50['classifier']:.1f}x")  # fmt: skip
     floors = {
         "free_generate_compared": all(v[1] > 0 for v in agree_free.values()),
+        "classifier_4x_seq2seq_ct2_scoring": kind_p50["seq2seq"] / kind_p50["classifier"] >= 4,
         "fast_3x_generate_same_predictions": gen_p50 / fast_p50 >= 3 and same[fast_key],
         "fast_50x_local_teacher": teacher_p50 / best_p50 >= 50,
         "serve_zero_errors": served["errors"] == 0,
@@ -416,6 +431,12 @@ def main() -> None:
         "serve_rps": round(served["rps"], 2),
         "serve_errors": served["errors"],
         "serve_mean_batch": round(served["mean_batch"], 2),
+        "classifier_p50_ms": round(kind_p50["classifier"], 3),
+        "classifier_p99_ms": round(pct(rows[CLASSIFIER], 0.99), 3),
+        "causal_p50_ms": round(kind_p50["causal"], 3),
+        "causal_p99_ms": round(pct(rows[CAUSAL], 0.99), 3),
+        "seq2seq_ct2_scoring_p50_ms": round(kind_p50["seq2seq"], 3),
+        "params": kind_params,
         "floors": floors,
     }
     print(json.dumps(result))

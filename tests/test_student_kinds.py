@@ -160,3 +160,31 @@ def test_classifier_features_and_probabilities(tmp_path):
     assert again.label_probs([examples[0].source])[0] == pytest.approx(probs[0], abs=1e-5)
     with pytest.raises(ConfigError, match="classifier head predicts"):
         load_student(tmp_path / "m", TaskConfig(labels=["yes", "no"]))
+
+
+@pytest.mark.parametrize(
+    "name, fmt, student",
+    [
+        ("protege:tiny-llama", "multitask", {"lora": True, "lora_r": 4}),
+        ("protege:tiny-llama", "rationale+label", {"gradient_checkpointing": True}),
+        ("protege:minilm-cls", "label", {}),
+    ],
+)
+def test_the_trainer_runs_every_kind_end_to_end(tmp_path, name, fmt, student):
+    """Train through `run_train`, then the best checkpoint is an ordinary model dir that
+    predict serves (LoRA merged in: no adapter weights left)."""
+    from safetensors import safe_open
+    from test_train import tiny_config
+
+    from protege.serve.predictor import Predictor
+    from protege.train import run_train
+
+    cfg = tiny_config(tmp_path, model=name, task={"format": fmt}, student=student, max_steps=2)
+    out = run_train(cfg)
+    (run,) = json.loads((out / "results.json").read_text())
+    assert run["status"] == "done" and run["steps"] == 2
+    best = out / run["best"]["loss"]["path"]
+    with safe_open(str(best / "model.safetensors"), "pt") as f:
+        assert not [k for k in f.keys() if "lora" in k]
+    preds = Predictor.load(best).predict(nli_rows("dev", 3))
+    assert len(preds) == 3 and all("label" in p for p in preds)

@@ -19,12 +19,12 @@ from protege.students import export_student, load_student
 from protege.train.loss import split_loss
 
 
-def fit(name: str, task: TaskConfig, out, steps: int, lr: float, n_rows: int = 32):
+def fit(name: str, task: TaskConfig, out, steps: int, lr: float, n_rows: int = 32, tgt: int = 8):
     """A few full-batch steps through the student interface, saved as a protege model dir."""
     torch.manual_seed(0)
     student = load_student(name, task)
     examples = [e for r in nli_rows("train", n_rows) for e in make_examples(task, r)]
-    batch = student.collate(student.encode(examples, 96, 16))
+    batch = student.collate(student.encode(examples, 96, tgt))  # the label, a rationale's start
     opt = torch.optim.AdamW(student.model.parameters(), lr=lr)
     student.model.train()
     for _ in range(steps):
@@ -117,3 +117,21 @@ def test_cli_export_picks_the_kinds_format_and_refuses_others(classifier_dir, tm
     assert "same prediction as PyTorch on" in r.output and (out / "model.onnx").exists()
     r = CliRunner().invoke(main, ["export", str(classifier_dir), "--format", "ct2"])
     assert r.exit_code == 1 and "a classifier student exports to onnx, not 'ct2'" in r.output
+
+
+def test_expected_calibration_error_by_hand():
+    from protege.evaluate.metrics import expected_calibration_error
+
+    # Bins (10): 0.95, 0.95 -> bin 9, acc 0.5, conf 0.95; 0.35 -> bin 3, acc 1, conf 0.35.
+    ece = expected_calibration_error([0.95, 0.95, 0.35], [1, 0, 1])
+    assert ece == pytest.approx(2 / 3 * 0.45 + 1 / 3 * 0.65)
+    assert expected_calibration_error([1.0, 0.5], [1, 0], n_bins=2) == pytest.approx(0.25)
+
+
+def test_classifier_eval_reports_calibration_beside_accuracy(classifier_dir):
+    from protege.evaluate import evaluate_model
+
+    result = evaluate_model(classifier_dir, nli_rows("test", 20))
+    m = result["metrics"]
+    assert 0 <= m["ece"] <= 1 and m["coverage"] == 1.0  # a classifier never malformed
+    assert all(0 < r["confidence"] <= 1 for r in result["per_example"])

@@ -59,6 +59,26 @@ def classification_metrics(
     }
 
 
+def expected_calibration_error(
+    confidences: Sequence[float], correct: Sequence[int], n_bins: int = 10
+) -> float:
+    """ECE: the |accuracy - mean confidence| gap of each of `n_bins` equal-width confidence
+    bins, weighted by the bin's share of rows (Guo et al., 2017). 0 is perfectly calibrated."""
+    if len(confidences) != len(correct):
+        raise ValueError(f"{len(confidences)} confidences but {len(correct)} outcomes")
+    n = len(confidences)
+    bins: list[list[int]] = [[] for _ in range(n_bins)]
+    for i, c in enumerate(confidences):
+        bins[min(n_bins - 1, int(c * n_bins))].append(i)  # (k/n, (k+1)/n], 1.0 in the last
+    ece = 0.0
+    for rows in bins:
+        if rows:
+            acc = sum(correct[i] for i in rows) / len(rows)
+            conf = sum(confidences[i] for i in rows) / len(rows)
+            ece += len(rows) / n * abs(acc - conf)
+    return ece
+
+
 def bleu_sentence_stats(hyps: Sequence[str], refs: Sequence[str]) -> list[list[int]]:
     """Per-example BLEU sufficient statistics (sacrebleu's: sys_len, ref_len, 4 x matches,
     4 x totals). Their column sums give the corpus BLEU, so a bootstrap resamples rows of

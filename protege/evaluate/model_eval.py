@@ -50,16 +50,15 @@ def evaluate_model(
     if task.input_prefix is None:  # the prefix the student was trained with (T5's summarize:)
         task = replace(task, input_prefix=load_task(model_dir).input_prefix)
     decoding = (decoding or Decoding()).resolved(task)
-    model, tok, device = load_for_eval(model_dir, device)
+    student = load_for_eval(model_dir, device)
+    model, tok, device = student.model, student.tok, student.device
     inputs = [inference_input(task, r, source) for r in records]
-    gen = generate(model, tok, inputs, decoding, device, desc=Path(model_dir).name)
+    gen = generate(student, inputs, decoding, desc=Path(model_dir).name)
     rationales = None
     if task.format == "multitask" and any(r.get(task.rationale_field) for r in records):
         # Multitask students explain only when asked with `explain:`; score that pass for BLEU.
         rationale_dec = explain_decoding(decoding)
-        expl = generate(
-            model, tok, [explain_input(task, r, source) for r in records], rationale_dec, device
-        )
+        expl = generate(student, [explain_input(task, r, source) for r in records], rationale_dec)
         rationales = expl.texts
     metrics, rows = score_outputs(
         task,
@@ -77,7 +76,7 @@ def evaluate_model(
         # The rest of the decoding: the student's generation config, which training wrote
         # explicitly (train.generation), not what the pretrained checkpoint brought.
         "generation_config": {
-            k: getattr(model.generation_config, k, None)
+            k: getattr(getattr(model, "generation_config", None), k, None)
             for k in (
                 "no_repeat_ngram_size",
                 "length_penalty",
@@ -90,6 +89,9 @@ def evaluate_model(
         "metrics": metrics,
         "per_example": rows,
     }
+    label_probs = getattr(student, "label_probs", None)
+    if label_probs is not None:  # a classifier: real label probabilities, so calibration
+        add_calibration(result, label_probs(inputs))
     if out_dir is not None:
         write_outputs(result, out_dir)
     return result
@@ -99,6 +101,18 @@ def explain_decoding(decoding: Decoding) -> Decoding:
     """The multitask `explain:` pass: up to 160 new tokens (a rationale), every other setting,
     the input truncation included, as in the `predict:` pass."""
     return replace(decoding, max_new_tokens=160)
+
+
+def add_calibration(result: dict[str, Any], probs: list[list[float]]) -> None:
+    """Each row's confidence (the top label's probability) and the ECE beside accuracy."""
+    from protege.evaluate.metrics import expected_calibration_error
+
+    rows = result["per_example"]
+    confidences = [max(p) for p in probs]
+    correct = [int(bool(r.get("correct"))) for r in rows]
+    for row, c in zip(rows, confidences, strict=True):
+        row["confidence"] = round(c, 4)
+    result["metrics"]["ece"] = expected_calibration_error(confidences, correct)
 
 
 def evaluate_teacher(

@@ -61,56 +61,39 @@ class Generation:
 
 
 def load_for_eval(model_dir: str | Path, device: str | None = None):
-    """(model, tokenizer, device) ready for inference."""
+    """The student of `model_dir` (any kind), on `device`, ready for inference."""
     import torch
 
-    from protege.student import load_student
+    from protege.formats import load_task
+    from protege.students import load_student
 
-    model, tok = load_student(model_dir)
+    student = load_student(model_dir, load_task(model_dir))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device).eval()
-    return model, tok, device
+    return student.to(device)
 
 
-def generate(
-    model: Any, tok: Any, inputs: list[str], decoding: Decoding, device: str = "cpu", desc: str = ""
-) -> Generation:
+def generate(student: Any, inputs: list[str], decoding: Decoding, desc: str = "") -> Generation:
     """Generate for `inputs` in batches (longest first, so padding stays small), with a
     progress bar; texts come back in input order."""
-    import torch
     from tqdm import tqdm
 
     inputs = clip_sources(inputs, decoding.max_source_len)
     order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))
     texts: list[str] = [""] * len(inputs)
     n_tokens: list[int] = [0] * len(inputs)
-    special = set(tok.all_special_ids)
     seconds = 0.0
+    student.max_source_len = decoding.max_source_len
     bs = max(1, decoding.batch_size)
     batches = [order[i : i + bs] for i in range(0, len(order), bs)]
     if batches:  # warm-up (first-call allocation) kept out of the measured latency
-        enc = tok([inputs[batches[0][0]]], return_tensors="pt", truncation=True).to(device)
-        with torch.inference_mode():
-            model.generate(**enc, max_new_tokens=2, num_beams=1, do_sample=False)
+        student.generate_ids([inputs[batches[0][0]]], 2, 1)
     for batch in tqdm(batches, desc=desc or "generating", unit="batch", leave=False):
         start = time.perf_counter()
-        enc = tok(
-            [inputs[i] for i in batch],
-            return_tensors="pt",
-            padding=True,
-            truncation=True,
-            max_length=decoding.max_source_len,
-        ).to(device)
-        with torch.inference_mode():
-            out = model.generate(
-                **enc,
-                max_new_tokens=decoding.max_new_tokens,
-                num_beams=decoding.num_beams,
-                do_sample=False,
-            )
-        decoded = tok.batch_decode(out, skip_special_tokens=True)
+        out, counts = student.generate_ids(
+            [inputs[i] for i in batch], decoding.max_new_tokens, decoding.num_beams
+        )
         seconds += time.perf_counter() - start
-        for i, row, text in zip(batch, out.tolist(), decoded, strict=True):
+        for i, text, n in zip(batch, out, counts, strict=True):
             texts[i] = text.strip()
-            n_tokens[i] = sum(1 for t in row if t not in special)
+            n_tokens[i] = n
     return Generation(texts, seconds, n_tokens)
