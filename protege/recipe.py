@@ -246,14 +246,17 @@ def zeroshot_dict(recipe: RecipeConfig, inp: str, out: str) -> dict:
 def train_dict(
     recipe: RecipeConfig, train: str, dev: str, out: str, extra: dict | None = None
 ) -> dict:
-    """The TrainConfig mapping of a recipe: its train section, a variant's overrides, and the
-    task, data and output paths the pipeline fills in."""
+    """The TrainConfig mapping of a recipe: its train section, a variant's overrides (a
+    classifier variant's `task: {format: label}` included), and the task, data and output
+    paths the pipeline fills in."""
     from protege.config import to_dict
 
+    extra = dict(extra or {})
+    task = {**to_dict(recipe.task), **extra.pop("task", {})}  # a variant may change the format
     return {
         **recipe.train,
-        **(extra or {}),
-        "task": to_dict(recipe.task),
+        **extra,
+        "task": task,
         "train_data": train,
         "dev_data": dev,
         "output_dir": out,

@@ -26,6 +26,39 @@ def _metric_cells(m: dict[str, Any], kind: str) -> list[str]:
     ]
 
 
+def model_facts(model_dir: Path) -> tuple[str, int | None]:
+    """(student kind, parameters) of a saved model dir, read from config.json and the
+    safetensors headers (no weights loaded)."""
+    import json
+    import struct
+
+    from protege.students import kind_from_config
+
+    config = model_dir / "config.json"
+    kind = kind_from_config(json.loads(config.read_text())) if config.exists() else None
+    total = 0
+    for shard in model_dir.glob("*.safetensors"):
+        with open(shard, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        for name, t in header.items():
+            if name != "__metadata__":
+                size = 1
+                for d in t["shape"]:
+                    size *= d
+                total += size
+    return kind or "–", total or None
+
+
+PICK = (
+    "Which student for what: the classifier when only the label is needed (the fastest, "
+    "calibrated probabilities, no rationale); a seq2seq or causal student when a rationale "
+    "or free text must come out, the causal one when a pretrained instruction-tuned LM "
+    "(SmolLM2, Qwen3, Llama) is the starting point, the seq2seq one for the smallest "
+    "generative model with CTranslate2 label scoring."
+)
+
+
 def build_variants_report(
     run_dir: str | Path, variants: list[str], hourly_price_usd: float | None = None
 ) -> Path:
@@ -36,7 +69,7 @@ def build_variants_report(
     out = run_dir / "report"
     runs = [(v, RunFiles(run_dir / v, out)) for v in variants]
     kind = next((r.kind for _, r in runs if r.summary), "classification")
-    headers = ["variant", "model", "checkpoint"]
+    headers = ["variant", "model", "kind", "parameters", "checkpoint"]
     headers += (
         ["R1", "R2", "RL", "RLsum", "RL 95% CI", "gen len (words)"]
         if kind == "summarization"
@@ -51,10 +84,13 @@ def build_variants_report(
             continue
         price = price if price is not None else run.summary["hourly_price_usd"]
         lat = best["speed"]["latency_s_per_example"]
+        kind_name, params = model_facts(run_dir / name / "train" / best["name"])
         rows.append(
             [
                 name,
                 str(best.get("model")),
+                kind_name,
+                f"{params / 1e6:.1f}M" if params else "–",
                 best["checkpoint"],
                 *_metric_cells(best["test"], kind),
                 num(1000 * lat, 1),
@@ -68,6 +104,8 @@ def build_variants_report(
             [
                 "teacher zero-shot",
                 str(teacher.get("teacher_model") or "–"),
+                "LLM",
+                "–",
                 "–",
                 *_metric_cells(teacher["metrics"], kind),
                 num(1000 * lat, 1) if lat is not None else "–",
@@ -80,8 +118,11 @@ def build_variants_report(
         table.paragraphs.append(
             "Each variant's checkpoint with the best dev score. Student cost is estimated: "
             f"measured latency × an assumed ${price or 0:.2f}/hour machine; the teacher's is "
-            "its recorded per-call cost."
+            "its recorded per-call cost. Latency: the evaluation's batched generation time per "
+            "example (`serve_latency.py` times single requests on each kind's fastest path)."
         )
+        if kind == "classification":
+            table.paragraphs.append(PICK)
     else:
         table.empty = "No variant has an eval/summary.json yet."
     if missing:
