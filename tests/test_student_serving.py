@@ -40,7 +40,7 @@ def fit(name: str, task: TaskConfig, out, steps: int, lr: float, n_rows: int = 3
 @pytest.fixture(scope="module")
 def causal_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("causal") / "m"
-    return fit("protege:tiny-llama", TaskConfig(format="label+rationale"), out, 40, 1e-2, 24)
+    return fit("protege:tiny-llama", TaskConfig(format="label+rationale"), out, 60, 1e-2, 24)
 
 
 @pytest.fixture(scope="module")
