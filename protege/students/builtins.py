@@ -62,7 +62,9 @@ def build_smollm2(out: Path) -> Path:
 
         gguf = smollm2_gguf()
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        if hasattr(model.config, "quantization_config"):  # dequantised: a plain float model now
+        # The loader dequantised every tensor to float: a plain model now, saved as one.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(smollm2_tokenizer_dir()).save_pretrained(tmp)
