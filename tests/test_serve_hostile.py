@@ -97,7 +97,9 @@ def test_a_failing_input_fails_only_its_own_request_and_leaks_nothing(predictor,
         assert [r.status_code for r in results] == [500] + [200] * 6
         error = results[0].json()["error"]
         assert error.startswith("internal error (id ") and "secret" not in error
-        assert s.metrics.batch_size.count >= 2  # the shared batch failed, then ran one by one
+        assert (
+            s.metrics.sample("protege_batch_size_count") >= 2
+        )  # shared batch failed, then one by one
         error_id = error.split("id ")[1].rstrip(")")
         assert any(error_id in r.getMessage() for r in caplog.records)
 
@@ -113,7 +115,7 @@ def test_deep_json_and_disconnects_get_one_line_not_a_traceback(predictor, caplo
         sock.close()  # gone mid-body
         time.sleep(0.5)
         assert post(s.url, {"inputs": ["x"]}).status_code == 200
-        assert s.metrics.errors["disconnected"] == 1
+        assert s.metrics.sample("protege_errors_total", reason="disconnected") == 1
     assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
 
 
