@@ -184,3 +184,15 @@ def test_report_shows_teacher_accuracy_against_confidence(tmp_path):
     section = confidence_section(run)
     assert section.tables[0].rows[-1] == ["0.9–1.0", "3", "2", "66.7"]
     assert section.figures and section.figures[0].path.exists()
+
+
+def test_a_max_tokens_too_small_for_the_label_schema_is_raised(fake_openai, tmp_path, capsys):
+    """max_tokens 8 cuts `{"label": "contradiction"}` off (the demo's local teacher wrote
+    `{ "label": "neu` and every answer was flagged): raised to what the schema needs, said once."""
+    result = run_generate(_cfg(fake_openai, tmp_path, limit=3, teacher={"max_tokens": 8}))
+    room = len(json.dumps({"label": "contradiction"})) + 4
+    assert [r["body"]["max_tokens"] for r in fake_openai.log] == [room] * 3
+    assert result.n_flagged == 0
+    assert f"teacher.max_tokens raised from 8 to {room}" in capsys.readouterr().out
+    big = run_generate(_cfg(fake_openai, tmp_path, limit=1, teacher={"max_tokens": 64}))
+    assert fake_openai.log[-1]["body"]["max_tokens"] == 64 and big.n_flagged == 0

@@ -9,6 +9,7 @@ replay teacher refuses instead); then write every answered record, atomically.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from protege.generate.calls import send
 from protege.generate.config import GenerateConfig, GenerateResult
 from protege.generate.recipes import Recipe, Template, get_recipe
 from protege.generate.rows import output_row
-from protege.generate.schema import response_format
+from protege.generate.schema import label_schema, response_format
 from protege.teacher.cost import estimate_prompt_tokens, worst_prompt_tokens
 from protege.teacher.prices import pricing, unknown_price
 from protege.teacher.replay import replay_miss
@@ -88,6 +89,7 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
     if not cfg.output and not cfg.dry_run:
         raise ConfigError("output: give the output JSONL path")
     records = load_inputs(cfg, recipe, template)
+    cfg = with_answer_room(cfg, recipe)
     tcfg = cfg.teacher
     model = tcfg.model_name
     params, schema = job_params(cfg, recipe)
@@ -180,6 +182,23 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
             "the teacher store, so a rerun with room writes it without paying again"
         ) from e
     return result
+
+
+def with_answer_room(cfg: GenerateConfig, recipe: Recipe) -> GenerateConfig:
+    """`cfg` with `teacher.max_tokens` raised, where it is too small for the longest answer a
+    label-only schema allows (`{"label": "contradiction"}`, counted as one token per character,
+    the worst case): a cut-off JSON answer could only be flagged. Said in one line."""
+    if not cfg.structured or cfg.with_rationale or not cfg.labels:
+        return cfg
+    if recipe.schema(cfg.labels, False) != label_schema(cfg.labels, False):
+        return cfg  # a user's own schema: its answers' size is its author's to set
+    longest = max(cfg.labels, key=len)
+    room = len(json.dumps({"label": longest})) + 4  # and spaces the model may put in
+    if cfg.teacher.max_tokens >= room:
+        return cfg
+    print(f"teacher.max_tokens raised from {cfg.teacher.max_tokens} to {room}: the longest "
+          f"answer the label schema allows needs that many tokens at most")  # fmt: skip
+    return replace(cfg, teacher=replace(cfg.teacher, max_tokens=room))
 
 
 def job_params(cfg: GenerateConfig, recipe: Recipe) -> tuple[dict[str, Any], dict | None]:
