@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from protege.data.samples import sample_path
 from protege.teacher.leases import lease, new_run_id, owner_alive, release, renew
 from protege.teacher.store import Answer, TeacherStore
@@ -84,3 +86,24 @@ def test_processes_opening_a_new_store_together_migrate_it_once(tmp_path):
         from protege.teacher.store import MIGRATIONS
 
         assert store.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
+def test_wal_switch_retries_a_lock_that_sqlite_gives_up_on_at_once(tmp_path):
+    """Two processes switching a new store to WAL together can deadlock on the lock upgrade;
+    SQLite then answers one "database is locked" without waiting (its busy handler is skipped:
+    a connection with no busy timeout stands in for that here). The store retries it."""
+    import sqlite3
+    import threading
+
+    db = tmp_path / "new.db"
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    store = TeacherStore.__new__(TeacherStore)
+    store.db = sqlite3.connect(db, timeout=0, isolation_level=None)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        store._wal(timeout_s=0.2)  # held all along: the error, after its own deadline
+    threading.Timer(0.3, lambda: holder.execute("COMMIT")).start()
+    store._wal()
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    store.db.close()
+    holder.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -196,13 +197,27 @@ class TeacherStore:
         if not self.path.exists():  # created private before SQLite opens it
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        self._wal()
         # NORMAL in WAL mode: a commit survives a killed process (the OS holds it); only a power
         # cut can drop the last commits, and it never corrupts the file.
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.migrate()
         self._make_private()
         self.import_rescued()
+
+    def _wal(self, timeout_s: float = 30.0) -> None:
+        """WAL mode. Two processes switching a new file at once can deadlock on the lock
+        upgrade, and SQLite then answers one of them "database is locked" at once, without its
+        busy timeout: that one waits a moment and tries again."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(random.uniform(0.01, 0.1))
 
     def _make_private(self) -> None:
         for suffix in ("", "-wal", "-shm"):
