@@ -70,3 +70,28 @@ def test_a_tokens_limit_is_paced_too(tmp_path):
     with FakeOpenAI(latency=0.01, tpm=60 * 4000) as server:  # 4,000 tokens a second
         result = run_generate(_cfg(server, tmp_path, 40, max_tokens=400))
         assert result.n_written == 40 and server.limits.limited <= 2
+
+
+def test_stated_limits_are_remembered_so_the_next_job_sends_without_a_probe(tmp_path):
+    from protege.teacher.store import TeacherStore
+
+    with FakeOpenAI(latency=0.3, rpm=1800, api_key="sk-proj-limits-test-0001") as server:
+        first = _cfg(server, tmp_path, 40, api_key_env="LIMITS_TEST_KEY")
+        env = {"LIMITS_TEST_KEY": "sk-proj-limits-test-0001"}
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in env.items():
+                mp.setenv(k, v)
+            assert run_generate(first).n_written == 40
+            n_first = len(server.log)
+            second = _cfg(server, tmp_path, 40, api_key_env="LIMITS_TEST_KEY")
+            second.input = str(sample_path("nli", "dev"))
+            second.output = str(tmp_path / "dev.jsonl")
+            assert run_generate(second).n_written == 40
+        a = sorted(e["time"] for e in server.log[:n_first])
+        b = sorted(e["time"] for e in server.log[n_first:])
+        assert a[1] - a[0] >= 0.3  # the first job's probe: one answer before the rest
+        assert b[1] - b[0] < 0.1  # the second job knew the limits: no probe
+        assert server.limits.limited <= 2
+    with TeacherStore() as store:
+        rows = store.db.execute("SELECT * FROM server_limits").fetchall()
+    assert len(rows) == 1 and rows[0][2] == 1800 and "sk-proj" not in repr(rows)

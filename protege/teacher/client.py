@@ -44,7 +44,7 @@ from protege.teacher.keys import get_key
 from protege.teacher.leases import LeasedQueue, new_run_id, release, renew
 from protege.teacher.params import ParamRules
 from protege.teacher.prices import Pricing, usage_counts
-from protege.teacher.ratelimit import Pacer, retry_after
+from protege.teacher.ratelimit import REMEMBER_S, Pacer, retry_after
 from protege.teacher.store import Answer, StoreWriteError, TeacherStore
 
 MAX_BACKOFF_S = 60.0
@@ -257,7 +257,9 @@ async def call_all(
     work = LeasedQueue(
         store, requests, run_id, cfg.lease_s, chunk=max(8, min(256, cfg.concurrency))
     )
-    pacer = Pacer(cfg.rpm, cfg.tpm)
+    account = limits_account(client)
+    remembered = store.server_limits(account, cfg.model_name, REMEMBER_S)
+    pacer = Pacer(cfg.rpm, cfg.tpm, remembered=remembered)
     pending: list[tuple[Answer, dict[str, Any]]] = []
     loop = asyncio.get_running_loop()
     job_params = cfg.params() if params is None else params
@@ -415,8 +417,13 @@ async def call_all(
         flush()
         try:
             release(store, run_id)
+            if pacer.observed:
+                lim = pacer.limits
+                store.put_server_limits(
+                    account, cfg.model_name, lim.limit_requests, lim.limit_tokens
+                )
         except sqlite3.Error:
-            pass  # leases of a dead run expire by themselves
+            pass  # leases of a dead run expire by themselves; limits are learned again
     report.elsewhere = len(work.done)
     report.in_batch = len(work.in_batch)
     for _ in range(report.elsewhere):
@@ -434,6 +441,15 @@ async def call_all(
             "a rerun sends only what is missing)"
         )
     return report
+
+
+def limits_account(client: ChatClient) -> str:
+    """Whose limits: the endpoint and a digest of the key (accounts on one endpoint differ;
+    the key itself is never stored)."""
+    import hashlib
+
+    digest = hashlib.sha256((client.api_key or "").encode()).hexdigest()[:12]
+    return f"{client.base_url.rstrip('/')}#{digest}"
 
 
 def _store_failed(

@@ -10,7 +10,9 @@ OpenAI (and most compatible servers) send on every answer, 429s included:
 configured `rpm` / `tpm` (None: unlimited) and drop to `SAFETY` of the server's stated limit
 when that is lower: configured limits stay upper bounds. Until the first answer says what the
 limits are, one request is in flight (a 512-wide first burst into an unknown limit is a storm
-of 429s); an answer without headers (llama.cpp, vLLM) lifts that at once. A 429 pauses every
+of 429s); an answer without headers (llama.cpp, vLLM) lifts that at once. The store remembers
+what an endpoint stated (`remembered`, at most `REMEMBER_S` old): a job against it starts at
+that pace, with no probe, and every answer's headers still correct it. A 429 pauses every
 sender for its Retry-After (or until the stated reset), and `remaining` at 0 waits for `reset`.
 """
 
@@ -29,6 +31,9 @@ SAFETY = 0.95
 BURST_S = 0.5
 """A learned limit's bucket holds half a second's worth: requests that leave spaced out may
 arrive together, so our bursts stay well inside the server's (one second's worth)."""
+
+REMEMBER_S = 24 * 3600.0
+"""How long stated limits are trusted without a probe (an account's tier can change)."""
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
@@ -130,16 +135,27 @@ class RateLimiter:
 class Pacer:
     """Requests and tokens per minute: the configured caps, lowered to what the server states."""
 
-    def __init__(self, rpm: float | None, tpm: float | None, learn: bool = True):
+    def __init__(
+        self,
+        rpm: float | None,
+        tpm: float | None,
+        learn: bool = True,
+        remembered: tuple[float | None, float | None] | None = None,
+    ):
         self.rpm_cap, self.tpm_cap = rpm, tpm
         self.requests = RateLimiter(rpm) if rpm else None
         self.tokens = RateLimiter(tpm) if tpm else None
         self.learn = learn
         self.known = asyncio.Event()
-        if not learn:
+        self.observed = False  # an answer (or a 429) has been seen in this job
+        self.limits = ServerLimits()
+        if learn and remembered is not None:  # stated to an earlier job: no probe
+            self.limits = ServerLimits(*remembered)
+            self.requests = self._tighten(self.requests, rpm, remembered[0])
+            self.tokens = self._tighten(self.tokens, tpm, remembered[1])
+        if not learn or remembered is not None:
             self.known.set()
         self.probing = False
-        self.limits = ServerLimits()
 
     async def acquire(self, tokens: float) -> None:
         """Wait until one request of `tokens` tokens may be sent."""
@@ -156,6 +172,10 @@ class Pacer:
     def observe(self, headers: Mapping[str, str] | None, status: int = 200) -> None:
         """Learn from one answer's headers (None: no answer at all, e.g. a dropped connection)."""
         limits = ServerLimits.from_headers(headers)
+        if headers is not None:
+            self.observed = True
+            if not limits.known:
+                self.limits = limits  # an answer without limits: the endpoint states none
         if limits.known:
             self.limits = limits
             self.requests = self._tighten(self.requests, self.rpm_cap, limits.limit_requests)

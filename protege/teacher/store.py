@@ -136,11 +136,27 @@ def _m004_leases_runs_batches_cap(db: sqlite3.Connection) -> None:
     )
 
 
+def _m005_server_limits(db: sqlite3.Connection) -> None:
+    # The rate limits an endpoint last stated for a model (NULL: it states none), so that the
+    # next job paces from its first request instead of waiting for one answer's headers.
+    db.execute(
+        """CREATE TABLE server_limits (
+            endpoint TEXT NOT NULL,            -- base URL#sha256(key)[:12]: one account
+            model TEXT NOT NULL,
+            limit_requests REAL,               -- per minute
+            limit_tokens REAL,                 -- per minute
+            learned_at REAL NOT NULL,
+            PRIMARY KEY (endpoint, model)
+        )"""
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _m001_responses,
     _m002_source,
     _m003_usage_details_and_param_rules,
     _m004_leases_runs_batches_cap,
+    _m005_server_limits,
 ]
 
 
@@ -357,6 +373,32 @@ class TeacherStore:
             VALUES (?,?,?,?,?,?) ON CONFLICT(endpoint, model, param) DO UPDATE SET
             action=excluded.action, reason=excluded.reason, created_at=excluded.created_at""",
             (endpoint, model, param, action, reason, time.time()),
+        )
+
+    def server_limits(
+        self, endpoint: str, model: str, max_age_s: float
+    ) -> tuple[float | None, float | None] | None:
+        """(requests, tokens) per minute `endpoint` stated for `model` within `max_age_s`
+        (None in the pair: it states no such limit); None when not known that recently."""
+        row = self.db.execute(
+            "SELECT limit_requests, limit_tokens, learned_at FROM server_limits "
+            "WHERE endpoint=? AND model=?",
+            (endpoint, model),
+        ).fetchone()
+        if row is None or time.time() - row[2] > max_age_s:
+            return None
+        return row[0], row[1]
+
+    def put_server_limits(
+        self, endpoint: str, model: str, requests: float | None, tokens: float | None
+    ) -> None:
+        """Remember the limits an answer stated (committed at once)."""
+        self.db.execute(
+            """INSERT INTO server_limits (endpoint, model, limit_requests, limit_tokens,
+            learned_at) VALUES (?,?,?,?,?) ON CONFLICT(endpoint, model) DO UPDATE SET
+            limit_requests=excluded.limit_requests, limit_tokens=excluded.limit_tokens,
+            learned_at=excluded.learned_at""",
+            (endpoint, model, requests, tokens, time.time()),
         )
 
     def stats(self) -> list[dict[str, Any]]:
