@@ -13,7 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from teacher_throughput import run_protege, start_server, steady_rate, write_records
+from teacher_throughput import run_protege, start_server, write_records
 
 
 def server_stats(base_url: str) -> dict:
@@ -27,27 +27,41 @@ def stop(server: subprocess.Popen) -> None:
 
 
 def run_latency1s(args, tmp: Path) -> dict:
-    """The replica answers in 1 s; 512 requests in flight: the ideal is 512 requests/s."""
-    concurrency, latency, n = 512, 1.0, 512 * 12
-    data = tmp / "records.jsonl"
-    write_records(data, n)
+    """The replica answers in 1 s; 512 requests in flight: the ideal is 512 requests/s. The
+    first job meets the endpoint for the first time (its probe waits one answer); the second,
+    on other records and the same store, starts from the limits the store remembers."""
+    concurrency, latency, n = 512, 1.0, args.n1s
+    ideal = concurrency / latency
     server, base_url = start_server(latency)
+    out = {}
     try:
-        result, seconds, _ = run_protege(data, tmp / "out.jsonl", base_url, concurrency)
-        assert result.n_written == n and result.n_failed == 0, result
-        steady = steady_rate(base_url)
+        for job, name in enumerate(("first contact", "known endpoint")):
+            data = tmp / f"records{job}.jsonl"
+            write_records(data, n, start=job * n)
+            before = len(_log(base_url))
+            result, seconds, _ = run_protege(data, tmp / f"out{job}.jsonl", base_url, concurrency)
+            assert result.n_written == n and result.n_failed == 0, result
+            times = sorted(e["time"] for e in _log(base_url)[before:] if "time" in e)
+            steady = (len(times) - 2) / (times[-1] - times[1])
+            ratio = n / seconds / ideal
+            print(f"{name}: {n} requests, latency 1 s, concurrency {concurrency}: "
+                  f"{n / seconds:.1f} req/s, {ratio:.0%} of ideal {ideal:.0f}"
+                  + (" (floor >= 90%)" if not job else ""))  # fmt: skip
+            print(f"  steady sending rate {steady:.1f} req/s = {steady / ideal:.0%} of ideal; "
+                  f"fixed per-job costs (start-up, {'the probe, ' if not job else ''}the last "
+                  f"answers, wrap-up) {seconds - n / steady:.2f} s of {seconds:.2f} s; second "
+                  f"request {times[1] - times[0]:.2f} s after the first")  # fmt: skip
+            out[job] = (ratio, steady / ideal)
     finally:
         stop(server)
-    ideal = concurrency / latency
-    rps = n / seconds
-    ratio = rps / ideal
-    print(f"{n} requests, latency 1 s, concurrency {concurrency}: {rps:.1f} req/s, "
-          f"{ratio:.0%} of ideal {ideal:.0f} (floor >= 90%)")  # fmt: skip
-    if steady:
-        print(f"steady sending rate {steady:.1f} req/s = {steady / ideal:.0%} of ideal; fixed "
-              f"per-job costs (start-up, the probe, the last answers, wrap-up) {seconds - n / steady:.2f} s of {seconds:.2f} s")  # fmt: skip
-    return {"ratio_of_ideal_1s": round(ratio, 3), "floors_met": ratio >= 0.9,
-            "steady_ratio_of_ideal_1s": round(steady / ideal, 3) if steady else None}  # fmt: skip
+    return {"ratio_of_ideal_1s": round(out[0][0], 3), "floors_met": out[0][0] >= 0.9,
+            "steady_ratio_of_ideal_1s": round(out[0][1], 3),
+            "ratio_of_ideal_1s_known_endpoint": round(out[1][0], 3)}  # fmt: skip
+
+
+def _log(base_url: str) -> list[dict]:
+    with urllib.request.urlopen(base_url.removesuffix("/v1") + "/_log") as r:
+        return json.loads(r.read())
 
 
 def run_ratelimit(args, tmp: Path) -> dict:

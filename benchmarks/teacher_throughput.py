@@ -5,7 +5,10 @@
 
 Each part runs on its own (`--parts`); the last line is one JSON object with every part's keys
 (null for a part not run). The parts beyond `base` (teacher_parts.py):
-latency1s  the replica answers in 1 s, concurrency 512: >= 0.9 of the ideal rate
+latency1s  the replica answers in 1 s, concurrency 512, 20,480 requests (40 full waves, an
+           internet-scale job): >= 0.9 of the ideal rate on first contact with the endpoint;
+           then a second job on the same store, which remembers what the endpoint stated and
+           so sends without the probe
 ratelimit  the replica enforces an rpm and a tpm limit and states them in headers: protege
            reaches >= 0.9 of the limit with <= 1% of requests answered 429
 batch      20,000 requests through the Batch API, killed once with SIGKILL while polling, rerun:
@@ -61,9 +64,9 @@ def process_cpu_s(pid: int) -> float | None:
         return None
 
 
-def write_records(path: Path, n: int) -> None:
+def write_records(path: Path, n: int, start: int = 0) -> None:
     with open(path, "w") as f:
-        for i in range(n):
+        for i in range(start, start + n):
             premise = f"Record {i}: the committee met in city {i % 97} and approved plan {i}."
             hypothesis = f"Plan {i} was approved in city {i % 97}."
             row = {"uid": f"r{i}", "premise": premise, "hypothesis": hypothesis,
@@ -192,7 +195,8 @@ KEYS = {
     "base": ("rps", "ideal_rps", "reference_rps", "cached_rps", "ratio_of_ideal",
              "speedup_vs_reference", "n", "latency_s", "cpu_ms_per_request",
              "steady_ratio_of_ideal"),
-    "latency1s": ("ratio_of_ideal_1s", "steady_ratio_of_ideal_1s"),
+    "latency1s": ("ratio_of_ideal_1s", "steady_ratio_of_ideal_1s",
+                  "ratio_of_ideal_1s_known_endpoint"),
     "ratelimit": ("ratelimited_ratio_of_limit", "ratelimited_429_share"),
     "batch": ("batch_rows_answered", "batch_submitted_twice", "batch_cost_ratio"),
     "twoproc": ("two_process_paid_twice",),
@@ -205,6 +209,7 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.1)
     parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated parts to run")
     parser.add_argument("--batch-n", type=int, default=20_000)
+    parser.add_argument("--n1s", type=int, default=512 * 40, help="requests in the 1 s part")
     args = parser.parse_args()
     parts = [p for p in args.parts.split(",") if p]
     unknown = set(parts) - set(PARTS)

@@ -184,6 +184,8 @@ def normalise_label(text: str, labels: list[str]) -> str | None:
 
     Spacing around punctuation is ignored on both sides: an uncased WordPiece student writes
     `not_entailment` back as `not _ entailment`, which must still read as that label."""
+    if text in labels:  # the common case, once per record when a job is planned
+        return text
     t = _squeeze(text.strip().strip(".:;,!\"'").strip().lower())
     for label in labels:
         if t == _squeeze(label.lower()):

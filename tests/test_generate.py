@@ -202,3 +202,21 @@ def test_max_cost_is_never_exceeded(fake_openai, tmp_path):
     assert len(fake_openai.log) == result.n_calls == result.n_written
     rest = run_generate(GenerateConfig(**{**cfg.__dict__, "max_cost": None}))
     assert rest.n_calls == 60 - result.n_written and rest.n_written == 60
+
+
+def test_rows_made_while_answers_arrive_are_the_rows_read_back_from_the_store(
+    fake_openai, tmp_path
+):
+    # 5w shares one answer among records with the same premise; 20 of 40 records are cached
+    run_generate(_cfg(fake_openai, tmp_path, recipe="5w", limit=20))
+    live = run_generate(_cfg(fake_openai, tmp_path, recipe="5w", limit=40))
+    made = _rows(live.output)
+    again = run_generate(_cfg(fake_openai, tmp_path / "again", recipe="5w", limit=40))
+    assert again.n_calls == 0
+    stored = _rows(again.output)
+    assert len(made) == len(stored) == 40
+    cached = [r["provenance"].pop("cached") for r in made]
+    assert [r["provenance"].pop("cached") for r in stored] == [True] * 40
+    assert made == stored  # every field but `cached`, read from the store or made on arrival
+    first20 = {json.loads(x)["premise"] for x in open(sample_path("nli", "train")).readlines()[:20]}
+    assert cached == [r["premise"] in first20 for r in made]

@@ -195,9 +195,14 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise
 
 
-def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
-    """Write records as JSONL, atomically."""
-    text = "".join(json.dumps(clean(r), ensure_ascii=False) + "\n" for r in records)
+def jsonl_line(record: dict[str, Any]) -> str:
+    """One record as a JSONL line (no newline), without protege's bookkeeping keys."""
+    return json.dumps(clean(record), ensure_ascii=False)
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict[str, Any] | str]) -> None:
+    """Write records (or lines already made by `jsonl_line`) as JSONL, atomically."""
+    text = "".join((r if isinstance(r, str) else jsonl_line(r)) + "\n" for r in records)
     atomic_write_text(path, text)
 
 

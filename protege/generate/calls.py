@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,10 @@ def send(
     price,
     params: dict[str, Any] | None = None,
     extras: dict[str, Any] | None = None,
+    on_ok: Callable[[Answer], None] | None = None,
 ) -> CallReport:
-    """Send `requests` with a live progress bar (done / cached / failed / cost)."""
+    """Send `requests` with a live progress bar (done / cached / failed / cost); `on_ok` is
+    told of each good answer as it arrives (the output rows are made while others wait)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from protege.teacher.client import ChatClient, endpoint
@@ -65,6 +68,8 @@ def send(
         def on_answer(kind: str, answer: Answer | None) -> None:
             counts[kind] += 1
             bar.update(task, advance=1, info=info())
+            if on_ok is not None and kind == "ok" and answer is not None:
+                on_ok(answer)
 
         def progress(line: str) -> None:
             status["line"] = line

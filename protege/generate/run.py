@@ -15,6 +15,7 @@ from typing import Any
 
 from protege.config import to_dict
 from protege.data.io import (
+    jsonl_line,
     read_records,
     rename_fields,
     require_fields,
@@ -143,7 +144,9 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
                 if recipe.confidence and tcfg.logprobs
                 else None
             )
-            report = send(cfg, requests, store, result.n_cached, price, params, extras)
+            rows = RowMaker(cfg, recipe, template, output_field, params, schema, keys, records,
+                            stored)  # fmt: skip
+            report = send(cfg, requests, store, result.n_cached, price, params, extras, rows.add)
             result.n_calls = report.ok + report.failed
             result.n_retries = report.retries
             result.cost_usd = report.cost_usd
@@ -152,11 +155,17 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
             result.errors = list(dict.fromkeys(report.errors.values()))[:5]
             result.learned = report.learned
             result.n_elsewhere = report.elsewhere
-            stored = store.get_many(distinct)
+            # answers this run did not see arrive (another process's) are read back
+            stored = {**store.get_many([k for k in distinct if k not in rows.fresh]), **rows.fresh}
         done = {k for k in todo if k in stored and stored[k].status == "ok"}
 
-    out_records = []
-    for record, mine in zip(records, keys, strict=True):
+    out_records: list[dict[str, Any] | str] = []
+    for i, (record, mine) in enumerate(zip(records, keys, strict=True)):
+        if todo and i in rows.made:  # made while the teacher was answering others
+            line, flagged = rows.made[i]
+            result.n_flagged += flagged
+            out_records.append(line)
+            continue
         answers = [stored.get(k) for k in mine]
         if any(a is None or a.status != "ok" for a in answers):
             if any(a is not None and a.status != "ok" for a in answers):
@@ -182,6 +191,37 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
             "the teacher store, so a rerun with room writes it without paying again"
         ) from e
     return result
+
+
+class RowMaker:
+    """Output rows made as answers arrive, while the event loop waits on the network: the
+    job's end then only writes them. A record's row is made once all its answers are in (k
+    for self-consistency; one answer may serve several records)."""
+
+    def __init__(self, cfg, recipe, template, output_field, params, schema, keys, records,
+                 stored):  # fmt: skip
+        self.args = (cfg, recipe, template, output_field)
+        self.params, self.schema = params, schema
+        self.keys, self.records, self.stored = keys, records, stored
+        self.by_key: dict[str, list[int]] = {}
+        for i, mine in enumerate(keys):
+            for k in mine:
+                self.by_key.setdefault(k, []).append(i)
+        self.fresh: dict[str, Any] = {}
+        self.made: dict[int, tuple[str, bool]] = {}  # record index -> (JSONL line, flagged)
+
+    def add(self, answer) -> None:
+        self.fresh[answer.key] = answer
+        for i in self.by_key.get(answer.key, ()):
+            answers = [self.fresh.get(k) or self.stored.get(k) for k in self.keys[i]]
+            if any(a is None or a.status != "ok" for a in answers):
+                continue
+            try:
+                row = output_row(*self.args, self.records[i], answers, False, self.params,
+                                 self.schema)  # fmt: skip
+            except Exception:  # noqa: BLE001  made again at the end, where an error is raised
+                continue
+            self.made[i] = (jsonl_line(row), "flagged" in row)
 
 
 def with_answer_room(cfg: GenerateConfig, recipe: Recipe) -> GenerateConfig:
