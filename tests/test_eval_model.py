@@ -42,6 +42,7 @@ def test_random_model_outputs_are_malformed_and_counted_wrong(tmp_path):
     }
     assert all(n <= 5 for n in [len(p["output"].split()) for p in r["per_example"]])
     assert r["speed"]["latency_s_per_example"] > 0
+    assert r["speed"]["n_single"] == 6 and r["speed"]["p50_single_ms"] > 0  # one at a time
     cost = r["speed"]["latency_s_per_example"] * 1000 * 0.10 / 3600
     assert r["speed"]["cost_per_1k_usd"] == pytest.approx(cost)
 
@@ -96,7 +97,7 @@ def test_teacher_outputs_flagged_and_missing_count_as_malformed():
     texts, preds, info = teacher_outputs(task, test, answers, "teacher_label")
     assert preds == ["neutral", None, "entailment", None]
     assert (info["n_missing"], info["n_flagged"], info["n_answers"]) == (1, 1, 3)
-    assert info["latency_s_per_example"] == 2.0
+    assert info["latency_s_per_example"] == 2.0 and info["p50_single_ms"] == 2000.0
     assert info["cost_per_1k_usd"] == pytest.approx(1000 * 0.001 / 3)
 
 

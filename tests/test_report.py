@@ -44,6 +44,11 @@ def test_report_has_every_section_filled(evaluated_run):
         "Cost and speed",
     ):
         assert title in md
+    speed = md[md.index("Cost and speed") :]
+    assert "| p50 single request (ms) | batched (ms/example) |" in speed
+    student = next(line for line in speed.splitlines() if line.startswith("| student "))
+    p50 = [c.strip() for c in student.strip("|").split("|")][2]
+    assert float(p50) > 0  # measured one input at a time, not read off the batched figure
     # Table 1 row of the rationale config: dev 55.0 / test 41.7 (5 of 12 neutral) / BLEU 100.
     row = next(line for line in md.splitlines() if line.startswith("| ab25-lr0.001-s0"))
     cells = [c.strip() for c in row.strip("|").split("|")]

@@ -10,7 +10,7 @@ from typing import Any
 from protege.data.io import write_json, write_jsonl
 from protege.errors import DataError
 from protege.evaluate.metrics import is_uncased
-from protege.evaluate.predict import Decoding, generate, load_for_eval
+from protege.evaluate.predict import Decoding, generate, load_for_eval, single_request_ms
 from protege.evaluate.score import score_outputs, teacher_outputs
 from protege.formats import TaskConfig, explain_input, inference_input, load_task
 
@@ -26,6 +26,13 @@ def student_speed(seconds_per_example: float, hourly_price_usd: float) -> dict[s
         "hourly_price_usd": hourly_price_usd,
         "cost_per_1k_usd": 1000 * seconds_per_example * hourly_price_usd / 3600,
     }
+
+
+def single_speed(ms: list[float]) -> dict[str, float | int | None]:
+    """The p50 of single requests (one input at a time), beside the batched figures."""
+    import statistics
+
+    return {"p50_single_ms": statistics.median(ms) if ms else None, "n_single": len(ms)}
 
 
 def evaluate_model(
@@ -85,7 +92,10 @@ def evaluate_model(
             )
         },
         "device": device,
-        "speed": student_speed(gen.seconds_per_example, hourly_price_usd),
+        "speed": {
+            **student_speed(gen.seconds_per_example, hourly_price_usd),
+            **single_speed(single_request_ms(student, inputs, decoding)),
+        },
         "metrics": metrics,
         "per_example": rows,
     }

@@ -72,6 +72,28 @@ def load_for_eval(model_dir: str | Path, device: str | None = None):
     return student.to(device)
 
 
+SINGLE_REQUESTS = 16
+"""Inputs timed one at a time for the p50 single-request latency."""
+
+
+def single_request_ms(
+    student: Any, inputs: list[str], decoding: Decoding, n: int = SINGLE_REQUESTS
+) -> list[float]:
+    """Milliseconds for each of the first `n` inputs generated alone (batch of one, as a
+    served request arrives), after one warm-up call."""
+    inputs = clip_sources(inputs[:n], decoding.max_source_len)
+    if not inputs:
+        return []
+    student.max_source_len = decoding.max_source_len
+    student.generate_ids(inputs[:1], decoding.max_new_tokens, decoding.num_beams)
+    out = []
+    for text in inputs:
+        start = time.perf_counter()
+        student.generate_ids([text], decoding.max_new_tokens, decoding.num_beams)
+        out.append(1000 * (time.perf_counter() - start))
+    return out
+
+
 def generate(student: Any, inputs: list[str], decoding: Decoding, desc: str = "") -> Generation:
     """Generate for `inputs` in batches (longest first, so padding stays small), with a
     progress bar; texts come back in input order."""

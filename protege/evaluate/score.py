@@ -3,6 +3,7 @@ teacher's zero-shot answers, so the two rows of a report are comparable by const
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 import numpy as np
@@ -167,6 +168,8 @@ def teacher_outputs(
         "cost_usd": sum(costs),
         "cost_per_example_usd": sum(costs) / answered if answered else None,
         "latency_s_per_example": sum(latencies) / len(latencies) if latencies else None,
+        # each answer is one request: its recorded latency is a single request's
+        "p50_single_ms": 1000 * statistics.median(latencies) if latencies else None,
     }
     info["cost_per_1k_usd"] = (
         1000 * info["cost_per_example_usd"] if info["cost_per_example_usd"] is not None else None

@@ -75,7 +75,7 @@ def build_variants_report(
         if kind == "summarization"
         else ["accuracy", "95% CI", "coverage", "BLEU"]
     )
-    headers += ["latency (ms/example)", "cost per 1,000"]
+    headers += ["p50 single request (ms)", "batched (ms/example)", "cost per 1,000"]
     rows, teacher, missing, price = [], None, [], hourly_price_usd
     for name, run in runs:
         best = best_student(run)
@@ -93,6 +93,7 @@ def build_variants_report(
                 f"{params / 1e6:.1f}M" if params else "–",
                 best["checkpoint"],
                 *_metric_cells(best["test"], kind),
+                num(best["speed"].get("p50_single_ms"), 1),
                 num(1000 * lat, 1),
                 money(1000 * lat * price / 3600),
             ]
@@ -108,6 +109,7 @@ def build_variants_report(
                 "–",
                 "–",
                 *_metric_cells(teacher["metrics"], kind),
+                num(teacher["speed"].get("p50_single_ms"), 1),
                 num(1000 * lat, 1) if lat is not None else "–",
                 money(teacher["speed"].get("cost_per_1k_usd")),
             ]
@@ -117,9 +119,11 @@ def build_variants_report(
         table.tables.append(Table(headers, rows))
         table.paragraphs.append(
             "Each variant's checkpoint with the best dev score. Student cost is estimated: "
-            f"measured latency × an assumed ${price or 0:.2f}/hour machine; the teacher's is "
-            "its recorded per-call cost. Latency: the evaluation's batched generation time per "
-            "example (`serve_latency.py` times single requests on each kind's fastest path)."
+            f"batched latency × an assumed ${price or 0:.2f}/hour machine; the teacher's is "
+            "its recorded per-call cost. p50 single request: the median of 16 test inputs "
+            "generated one at a time in PyTorch (the teacher's: of its recorded per-answer "
+            "latencies); batched: the evaluation's generation time per example. "
+            "`serve_latency.py` times each kind's fastest served path (CTranslate2, ONNX)."
         )
         if kind == "classification":
             table.paragraphs.append(PICK)

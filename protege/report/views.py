@@ -289,6 +289,7 @@ def cost_section(run: RunFiles, hourly_price_usd: float | None) -> Section:
             [
                 f"student {e['name']}",
                 run.fmt(e["test"].get(run.metric)),
+                num(e["speed"].get("p50_single_ms"), 1),
                 num(1000 * lat, 1),
                 money(1000 * lat * price / 3600),
                 "estimated",
@@ -303,6 +304,7 @@ def cost_section(run: RunFiles, hourly_price_usd: float | None) -> Section:
             [
                 f"teacher {teacher.get('teacher_model') or ''} (zero-shot){_sample(run)}",
                 run.fmt(teacher["metrics"].get(run.metric)),
+                num(sp.get("p50_single_ms"), 1),
                 num(1000 * lat, 1) if lat is not None else "–",
                 money(sp.get("cost_per_1k_usd")),
                 "measured (provenance)",
@@ -314,7 +316,14 @@ def cost_section(run: RunFiles, hourly_price_usd: float | None) -> Section:
         s.paragraphs.append(f"**Did distillation work?** {verdict(run)}")
     s.tables.append(
         Table(
-            ["model", f"test {run.metric}", "latency (ms/example)", "cost per 1,000", "cost is"],
+            [
+                "model",
+                f"test {run.metric}",
+                "p50 single request (ms)",
+                "batched (ms/example)",
+                "cost per 1,000",
+                "cost is",
+            ],  # fmt: skip
             rows,
             caption="Student vs teacher on the same test rows.",
         )
