@@ -73,21 +73,26 @@ def load_for_eval(model_dir: str | Path, device: str | None = None):
 
 
 SINGLE_REQUESTS = 16
-"""Inputs timed one at a time for the p50 single-request latency."""
+"""Inputs timed one at a time for the p50 single-request latency..."""
+SINGLE_BUDGET_S = 3.0
+"""...or fewer once this much time is spent (at least 3): a student that writes long
+rationales slowly must not stretch an evaluation by a minute."""
 
 
 def single_request_ms(
     student: Any, inputs: list[str], decoding: Decoding, n: int = SINGLE_REQUESTS
 ) -> list[float]:
     """Milliseconds for each of the first `n` inputs generated alone (batch of one, as a
-    served request arrives), after one warm-up call."""
+    served request arrives), after one warm-up call; stops early past `SINGLE_BUDGET_S`."""
     inputs = clip_sources(inputs[:n], decoding.max_source_len)
     if not inputs:
         return []
     student.max_source_len = decoding.max_source_len
     student.generate_ids(inputs[:1], decoding.max_new_tokens, decoding.num_beams)
-    out = []
+    out: list[float] = []
     for text in inputs:
+        if len(out) >= 3 and sum(out) / 1000 > SINGLE_BUDGET_S:
+            break
         start = time.perf_counter()
         student.generate_ids([text], decoding.max_new_tokens, decoding.num_beams)
         out.append(1000 * (time.perf_counter() - start))
