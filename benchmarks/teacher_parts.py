@@ -13,7 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from teacher_throughput import run_protege, start_server, write_records
+from teacher_throughput import log_times, run_protege, start_server, steady_rate, write_records
 
 
 def server_stats(base_url: str) -> dict:
@@ -38,11 +38,11 @@ def run_latency1s(args, tmp: Path) -> dict:
         for job, name in enumerate(("first contact", "known endpoint")):
             data = tmp / f"records{job}.jsonl"
             write_records(data, n, start=job * n)
-            before = len(_log(base_url))
+            before = len(log_times(base_url))
             result, seconds, _ = run_protege(data, tmp / f"out{job}.jsonl", base_url, concurrency)
             assert result.n_written == n and result.n_failed == 0, result
-            times = sorted(e["time"] for e in _log(base_url)[before:] if "time" in e)
-            steady = (len(times) - 2) / (times[-1] - times[1])
+            times = log_times(base_url)[before:]
+            steady = steady_rate(times)
             ratio = n / seconds / ideal
             print(f"{name}: {n} requests, latency 1 s, concurrency {concurrency}: "
                   f"{n / seconds:.1f} req/s, {ratio:.0%} of ideal {ideal:.0f}"
@@ -57,11 +57,6 @@ def run_latency1s(args, tmp: Path) -> dict:
     return {"ratio_of_ideal_1s": round(out[0][0], 3), "floors_met": out[0][0] >= 0.9,
             "steady_ratio_of_ideal_1s": round(out[0][1], 3),
             "ratio_of_ideal_1s_known_endpoint": round(out[1][0], 3)}  # fmt: skip
-
-
-def _log(base_url: str) -> list[dict]:
-    with urllib.request.urlopen(base_url.removesuffix("/v1") + "/_log") as r:
-        return json.loads(r.read())
 
 
 def run_ratelimit(args, tmp: Path) -> dict:

@@ -104,15 +104,19 @@ def run_protege(data: Path, out: Path, base_url: str, concurrency: int = CONCURR
     return result, time.perf_counter() - start, time.process_time() - cpu
 
 
-def steady_rate(base_url: str) -> float | None:
-    """Requests/s the replica received from the probe's answer to the last request (its log):
-    the client's sending rate once a job is under way, without its fixed per-job costs
-    (reading and rendering the input, the one probe request whose answer states the server's
-    limits, writing the output)."""
+def log_times(base_url: str) -> list[float]:
+    """When the replica received each chat request so far (its log), in order."""
     import urllib.request
 
     with urllib.request.urlopen(base_url.rsplit("/v1", 1)[0] + "/_log") as r:
-        times = sorted(e["time"] for e in json.load(r) if "time" in e)
+        return sorted(e["time"] for e in json.load(r) if "time" in e)
+
+
+def steady_rate(times: list[float]) -> float | None:
+    """Requests/s the replica received from the probe's answer to the last request: the
+    client's sending rate once a job is under way, without its fixed per-job costs (reading
+    and rendering the input, the one probe request whose answer states the server's limits,
+    writing the output)."""
     if len(times) < 3 or times[-1] <= times[1]:
         return None
     return (len(times) - 2) / (times[-1] - times[1])
@@ -151,7 +155,7 @@ def run_base(args, tmp: Path) -> dict:
     try:
         live, live_s, live_cpu = run_protege(data, tmp / "live.jsonl", base_url)
         assert live.n_calls == live.n_written == args.n and live.n_failed == 0, live
-        steady = steady_rate(base_url)
+        steady = steady_rate(log_times(base_url))
         cached, cached_s, _ = run_protege(data, tmp / "cached.jsonl", base_url)
         assert cached.n_calls == 0 and cached.n_cached == args.n, cached
         server_cpu = process_cpu_s(server.pid)

@@ -95,3 +95,17 @@ def test_stated_limits_are_remembered_so_the_next_job_sends_without_a_probe(tmp_
     with TeacherStore() as store:
         rows = store.db.execute("SELECT * FROM server_limits").fetchall()
     assert len(rows) == 1 and rows[0][2] == 1800 and "sk-proj" not in repr(rows)
+
+
+def test_an_answer_without_limit_headers_keeps_the_limits_learned():
+    import asyncio
+
+    async def go() -> Pacer:
+        pacer = Pacer(None, None)
+        pacer.observe({"x-ratelimit-limit-requests": "600"})
+        pacer.observe({"content-type": "application/json"})  # e.g. a gateway's own error
+        return pacer
+
+    p = asyncio.run(go())
+    assert p.observed and p.limits.limit_requests == 600  # what the next job is told
+    assert p.requests.per_minute == 600 * SAFETY

@@ -158,11 +158,12 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
             # answers this run did not see arrive (another process's) are read back
             stored = {**store.get_many([k for k in distinct if k not in rows.fresh]), **rows.fresh}
         done = {k for k in todo if k in stored and stored[k].status == "ok"}
+        made = rows.made if todo else {}
 
     out_records: list[dict[str, Any] | str] = []
     for i, (record, mine) in enumerate(zip(records, keys, strict=True)):
-        if todo and i in rows.made:  # made while the teacher was answering others
-            line, flagged = rows.made[i]
+        if i in made:  # made while the teacher was answering others
+            line, flagged = made[i]
             result.n_flagged += flagged
             out_records.append(line)
             continue

@@ -121,8 +121,9 @@ def build_variants_report(
             "Each variant's checkpoint with the best dev score. Student cost is estimated: "
             f"batched latency × an assumed ${price or 0:.2f}/hour machine; the teacher's is "
             "its recorded per-call cost. p50 single request: the median of up to 16 test "
-            "inputs (fewer, at least 3, once 3 s are spent) generated one at a time in PyTorch (the teacher's: of its recorded per-answer "
-            "latencies); batched: the evaluation's generation time per example. "
+            "inputs (fewer, at least 3, once 3 s are spent) generated one at a time in "
+            "PyTorch (the teacher's: of its recorded per-answer latencies); batched: the "
+            "evaluation's generation time per example. "
             "`serve_latency.py` times each kind's fastest served path (CTranslate2, ONNX)."
         )
         if kind == "classification":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import json
 import os
 import random
@@ -446,8 +447,6 @@ async def call_all(
 def limits_account(client: ChatClient) -> str:
     """Whose limits: the endpoint and a digest of the key (accounts on one endpoint differ;
     the key itself is never stored)."""
-    import hashlib
-
     digest = hashlib.sha256((client.api_key or "").encode()).hexdigest()[:12]
     return f"{client.base_url.rstrip('/')}#{digest}"
 

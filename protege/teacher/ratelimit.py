@@ -173,9 +173,7 @@ class Pacer:
         """Learn from one answer's headers (None: no answer at all, e.g. a dropped connection)."""
         limits = ServerLimits.from_headers(headers)
         if headers is not None:
-            self.observed = True
-            if not limits.known:
-                self.limits = limits  # an answer without limits: the endpoint states none
+            self.observed = True  # and `limits` stays unknown where the endpoint states none
         if limits.known:
             self.limits = limits
             self.requests = self._tighten(self.requests, self.rpm_cap, limits.limit_requests)
