@@ -96,6 +96,7 @@ def run_recipe(recipe: RecipeConfig, force: bool = False) -> RunResult:
         )  # fmt: skip
     if recipe.variants:
         report = procs.main_only(lambda: _variants_report(recipe, run))
+    procs.end()
     return RunResult(
         run, report if report and report.exists() else None, stages.ran, stages.skipped
     )

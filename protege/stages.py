@@ -89,3 +89,10 @@ class Processes:
         if box[0] is not None:
             raise ProtegeError(f"stopped: the main process failed ({box[0]})")
         return box[1]
+
+    def end(self) -> None:
+        """After every stage succeeded: the processes meet and close their process group."""
+        if self.distributed:
+            from protege.train.trainer import end_processes
+
+            end_processes()

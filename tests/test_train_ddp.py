@@ -114,3 +114,20 @@ def test_default_minilm_student_trains_under_ddp(tmp_path, tmp_path_factory):
     assert res.returncode == 0, res.stderr[-3000:]
     (result,) = json.loads((tmp_path / "ddp" / "results.json").read_text())
     assert result["steps"] == 2
+
+
+def test_a_finished_run_closes_its_process_group(tmp_path):
+    """Left to the interpreter's exit, gloo's threads sometimes abort a process after all its
+    work is done (SIGABRT, "terminate called without an active exception"): CI saw it once in
+    the two-process pipeline run. A finished run meets at a barrier and destroys the group."""
+    import torch.distributed as dist
+
+    from protege.train.trainer import end_processes
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    assert dist.is_initialized()
+    end_processes()
+    assert not dist.is_initialized()
+    end_processes()  # nothing to close: a single-process run calls it too

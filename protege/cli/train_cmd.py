@@ -20,9 +20,11 @@ def train(config: str, overrides: tuple[str, ...]) -> None:
     """
     from protege.config import load_config
     from protege.train import TrainConfig, run_train
+    from protege.train.trainer import end_processes
 
     cfg = load_config(TrainConfig, config, list(overrides))
     out = run_train(cfg)
+    end_processes()
     click.echo(f"results: {out / 'results.md'}")
 
 

@@ -80,6 +80,18 @@ def cpu_ddp() -> bool:
     return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def end_processes() -> None:
+    """After a successful run under `accelerate launch`: every process meets, then the process
+    group is destroyed. Left to the interpreter's exit, gloo's threads can abort a process
+    ("terminate called without an active exception", SIGABRT) after all the work is done.
+    Not called after an error: a process stuck elsewhere would never reach the barrier."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def linear_schedule(optimizer, warmup_steps: int, total_steps: int):
     """Linear warm-up to the peak lr, then linear decay to zero at `total_steps`."""
 
