@@ -127,7 +127,11 @@ def test_a_finished_run_closes_its_process_group(tmp_path):
     dist.init_process_group(
         "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
     )
-    assert dist.is_initialized()
-    end_processes()
-    assert not dist.is_initialized()
-    end_processes()  # nothing to close: a single-process run calls it too
+    try:
+        assert dist.is_initialized()
+        end_processes()
+        assert not dist.is_initialized()
+        end_processes()  # nothing to close: a single-process run calls it too
+    finally:
+        if dist.is_initialized():  # a failure here must not leave a group to later tests
+            dist.destroy_process_group()
