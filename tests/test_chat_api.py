@@ -148,3 +148,25 @@ def test_the_requests_the_label_recipe_sent_are_answered_with_valid_labels(
         )
         label = json.loads(answer.choices[0].message.content)["label"]
         assert label in LABELS
+
+
+def test_a_summarization_student_answers_the_summarize_prompt_with_its_confidence(tmp_path):
+    from protege.formats import save_task
+    from protege.student import build_random_student
+
+    build_random_student("t5", tmp_path / "m")
+    save_task(TaskConfig(type="summarization", input_template="{article}"), tmp_path / "m")
+    article = "The council met on Monday. It voted to build a new bridge over the river."
+    messages = Template(get_recipe("summarize").path).messages({"article": article})
+    with Server(Predictor.load(tmp_path / "m")) as s:
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(model="m", messages=messages)
+        answer = raw.parse()
+        assert isinstance(answer.choices[0].message.content, str)
+        assert 0 < float(raw.headers["x-protege-confidence"]) <= 1  # exp(mean token log-prob)
+        short = client.chat.completions.create(model="m", messages=messages, max_tokens=2)
+        assert answer.usage.completion_tokens > 2  # random weights write on to their budget
+        assert short.choices[0].finish_reason == "length"
+        assert short.usage.completion_tokens <= 2
+        with pytest.raises(openai.BadRequestError, match="`summarize` prompt"):
+            client.chat.completions.create(model="m", messages=prompt(nli_rows("dev", 1)[0]))
