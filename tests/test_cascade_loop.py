@@ -207,3 +207,26 @@ def test_the_spending_cap_stops_escalations_and_the_student_answers(student):
         assert len(teacher.log) == 0
     finally:
         teacher.stop()
+
+
+def test_the_proxy_streams_passes_errors_through_and_stores_nothing_it_was_refused():
+    rows = nli_rows("dev", 2)
+    teacher = gold_teacher(rows)
+    try:
+        with Server(None, app_factory=lambda cfg: create_proxy_app(relay(teacher, "proxy"), cfg)
+                    ) as proxy:  # fmt: skip
+            app = openai.OpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)
+            stream = app.chat.completions.create(model=MODEL, messages=prompt(rows[0]), stream=True)
+            assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == (
+                rows[0]["label"])  # fmt: skip
+            teacher.faults.append("401")  # the teacher refuses the next request
+            with pytest.raises(openai.AuthenticationError):
+                app.chat.completions.create(model=MODEL, messages=prompt(rows[1]))
+            teacher.faults.append("quota")
+            with pytest.raises(openai.RateLimitError, match="quota"):
+                app.chat.completions.create(model=MODEL, messages=prompt(rows[1]))
+            assert app.chat.completions.create(model=MODEL, messages=prompt(rows[1])).choices[
+                0].message.content == rows[1]["label"]  # fmt: skip
+            assert [m.id for m in app.models.list().data] == [MODEL]
+    finally:
+        teacher.stop()
