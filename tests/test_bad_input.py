@@ -152,3 +152,41 @@ def test_task_file_that_is_not_an_object(tmp_path):
     (tmp_path / "protege_task.json").write_text("[1, 2]")
     with pytest.raises(ProtegeError, match="expected a JSON object"):
         load_task(tmp_path)
+
+
+def test_an_answer_nested_1000_levels_deep_is_flagged_on_every_run(fake_openai, tmp_path):
+    from protege.data.samples import sample_path
+    from protege.generate import GenerateConfig, run_generate
+    from protege.teacher.config import TeacherConfig
+
+    deep = '{"label": "neutral", "x": ' + "[" * 1000 + "]" * 1000 + "}"
+    fake_openai.reply = lambda messages: deep
+    cfg = GenerateConfig(
+        recipe="label", input=str(sample_path("nli", "dev")), output=str(tmp_path / "o.jsonl"),
+        limit=2, progress=False,
+        teacher=TeacherConfig(kind="openai", model="fake-model", base_url=fake_openai.base_url),
+    )  # fmt: skip
+    for _ in range(2):  # the run that paid, then a rerun from the store
+        run_generate(cfg)
+        rows = [json.loads(line) for line in open(tmp_path / "o.jsonl")]
+        assert [r["flagged"] for r in rows] == ["answer is nested more than 64 levels deep"] * 2
+
+
+@pytest.mark.slow
+def test_a_corrupt_partial_predict_file_is_one_line(model, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in nli_rows("dev", 3)))
+    partial = tmp_path / "out.jsonl.partial"
+    from pathlib import Path
+
+    from protege.digest import model_fingerprint
+
+    meta = {"model": str(Path(model).resolve()), "fingerprint": model_fingerprint(model),
+            "rationale": False, "fast": True}  # fmt: skip
+    (tmp_path / "out.jsonl.partial.json").write_text(json.dumps(meta))
+    for junk in (b'{"premise": "a"\n', b"\xff\xfe garbage\n", b"[1, 2]\n"):
+        partial.write_bytes(junk)
+        r = CliRunner().invoke(main, ["predict", str(model), str(src), "-o",
+                                      str(tmp_path / "out.jsonl")])  # fmt: skip
+        assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+        assert "out.jsonl.partial:1: not a row predict wrote" in r.output
