@@ -195,6 +195,10 @@ _COLUMNS = (
 )
 
 
+class StoreOpenError(ProtegeError):
+    """The store file cannot be opened as a store (corrupt, empty, read-only)."""
+
+
 class StoreWriteError(ProtegeError):
     """The store refused a write (disk full, read-only): sending stopped, answers were kept."""
 
@@ -203,23 +207,55 @@ class TeacherStore:
     """A connection to the store. Use from one thread (the event loop's).
 
     The store holds prompts and paid answers: its directory is created 700 and its files
-    (database, WAL, shared memory) are kept 600. Answers a failed write left in a file beside
-    it (`rescue.py`) are imported when it opens.
+    (database, WAL, shared memory) are kept 600. Answers a failed write left in a file for it
+    (`rescue.py`: beside it, in the working or the temp directory) are imported when it opens.
     """
 
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path else teacher_db_path()
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not self.path.exists():  # created private before SQLite opens it
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
-        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        self._wal()
-        # NORMAL in WAL mode: a commit survives a killed process (the OS holds it); only a power
-        # cut can drop the last commits, and it never corrupts the file.
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.migrate()
+        created = self._create()
+        if not created:
+            self._refuse_empty()
+        try:
+            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self._wal()
+            # NORMAL in WAL mode: a commit survives a killed process (the OS holds it); only a
+            # power cut can drop the last commits, and it never corrupts the file.
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.migrate()
+        except sqlite3.Error as e:  # not a database, read-only, locked for good
+            raise StoreOpenError(
+                f"teacher store {self.path}: cannot open it ({e}); "
+                + ("make it writable, or " if "readonly" in str(e) else "")
+                + "restore it from a backup, or point $PROTEGE_TEACHER_DB at another store "
+                "(its paid answers and spending cap are in this file: do not delete it lightly)"
+            ) from None
         self._make_private()
         self.import_rescued()
+
+    def _create(self) -> bool:
+        """Create the file, private, before SQLite opens it; False if it was there already."""
+        try:
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            return True
+        except FileExistsError:
+            return False
+
+    def _refuse_empty(self, wait_s: float = 5.0) -> None:
+        """A store that exists but is empty (0 bytes) is not a new store: it was truncated (a
+        full disk, `> teacher.db`), and opening it as new would pay for every answer again and
+        forget the cap. Another process that has just created it writes its header within
+        milliseconds: that is waited for."""
+        deadline = time.monotonic() + wait_s
+        while self.path.stat().st_size == 0:
+            if time.monotonic() > deadline:
+                raise StoreOpenError(
+                    f"teacher store {self.path}: the file is empty (0 bytes), so it is not a new "
+                    "store: it was truncated or never finished. Restore it from a backup, or "
+                    "remove it to start a new store (its answers and spending cap are gone)"
+                )
+            time.sleep(0.05)
 
     def _wal(self, timeout_s: float = 30.0) -> None:
         """WAL mode. Two processes switching a new file at once can deadlock on the lock
@@ -242,19 +278,23 @@ class TeacherStore:
             except OSError:  # not there, or not ours
                 pass
 
-    def import_rescued(self) -> int:
-        """Import the files of answers a failed write left beside the store; returns the count.
-        A file is removed once its answers are committed; if the store still refuses, it stays."""
+    def import_rescued(self, extra_dirs: Iterable[str | Path] = ()) -> int:
+        """Import the files of answers a failed write left for this store (beside it, in
+        `extra_dirs`, the working or the temp directory: `rescue.py`); returns the count. A file
+        is removed once its answers are committed; if the store still refuses, it stays."""
         from protege.teacher import rescue
 
         n = 0
-        for path in rescue.pending(self.path):
+        for path in rescue.pending(self.path, [Path(d) for d in extra_dirs]):
             try:
                 items = rescue.load(path)
                 self.put_many(items)
-            except (sqlite3.Error, ValueError, KeyError, TypeError):
+            except (sqlite3.Error, OSError, ValueError, KeyError, TypeError):
                 continue
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:  # imported again next time: a paid answer is never stored twice
+                pass
             n += len(items)
         return n
 
