@@ -190,3 +190,38 @@ def test_a_corrupt_partial_predict_file_is_one_line(model, tmp_path):
                                       str(tmp_path / "out.jsonl")])  # fmt: skip
         assert r.exit_code == 1 and "Traceback" not in r.output, r.output
         assert "out.jsonl.partial:1: not a row predict wrote" in r.output
+
+
+@pytest.mark.slow
+def test_a_run_directory_on_a_full_disk_is_one_line(tmp_path):
+    """A file size limit (RLIMIT_FSIZE) makes a write fail with EFBIG, as a full disk does;
+    safetensors then raises its own SafetensorError (not an OSError) from Rust."""
+    import subprocess
+    import sys
+
+    from protege.config import from_dict, save_config
+    from protege.student import resolve_model
+    from protege.train import TrainConfig
+
+    resolve_model("protege:tiny-t5")  # built before the disk filled, as by an earlier run
+    for split, n in (("train", 16), ("dev", 4)):
+        rows = nli_rows(split, n)
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = from_dict(TrainConfig, dict(
+        model="protege:tiny-t5", task={"format": "label+rationale"}, max_steps=1,
+        train_data=str(tmp_path / "train.jsonl"), dev_data=str(tmp_path / "dev.jsonl"),
+        output_dir=str(tmp_path / "out"), batch_size=8, eval_batch_size=8, max_target_len=32,
+        generation={"max_new_tokens": 4}))  # fmt: skip
+    save_config(cfg, tmp_path / "c.yaml")
+    code = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))\n"
+        "from protege.cli import main\n"
+        "sys.argv = ['protege', 'train', sys.argv[1]]\n"
+        "main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "c.yaml")],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "cannot write the checkpoint" in done.stderr and "out" in done.stderr
