@@ -96,9 +96,10 @@ def test_a_run_paused_past_its_claim_claims_again_before_it_spends(teacher_db):
         assert spent + claims <= 0.30 + 1e-9
 
 
-def test_a_run_killed_with_requests_in_flight_keeps_them_claimed(fake_openai, tmp_path):
-    """SIGKILL a run with 4 requests in flight: the server bills them, the store never hears
-    of them. Their worst case stays claimed, so the next run cannot spend that money."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_a_run_killed_with_requests_in_flight_keeps_them_claimed(fake_openai, tmp_path, sig):
+    """Kill a run (or Ctrl-C it) with requests in flight: the server bills them, the store
+    never hears of them. Their worst case stays claimed: the next run cannot spend it."""
     from protege.teacher.cost import worst_prompt_tokens
     from protege.teacher.prices import Pricing
 
@@ -115,8 +116,8 @@ def test_a_run_killed_with_requests_in_flight_keeps_them_claimed(fake_openai, tm
     while len(fake_openai.log) < 4:
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    job.send_signal(signal.SIGKILL)
-    job.wait(10)
+    job.send_signal(sig)
+    job.wait(30)
     price = Pricing("fake-model", "config", 1000.0, 1000.0)
     with TeacherStore() as store:
         stored = {json.dumps(json.loads(r)["messages"])

@@ -90,8 +90,8 @@ def send(
         try:
             with endpoint(tcfg) as (base_url, api_key):
                 report = asyncio.run(go())
-        finally:
-            cap.close()
+        finally:  # online requests sent and never answered (Ctrl-C) stay claimed
+            cap.close(budget.reserved if tcfg.mode == "online" else 0.0)
     if cap.refused:
         report.errors["cap"] = cap.refused
     return report

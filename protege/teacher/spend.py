@@ -156,11 +156,17 @@ class StoreCap:
         if cur.rowcount:
             self.valid_until = now + self.ttl_s
 
-    def close(self) -> None:
-        """The run is over: what it spent is in the store; its claims go."""
-        self.store.db.execute(
-            "DELETE FROM claims WHERE owner IN (?, ?)", (self.owner, INFLIGHT + self.owner)
-        )
+    def close(self, unsettled: float = 0.0) -> None:
+        """The run is over: what it spent is in the store; its claim goes. `unsettled`: what it
+        had sent and never heard back about (stopped by Ctrl-C): that stays claimed for good."""
+        db = self.store.db
+        db.execute("DELETE FROM claims WHERE owner=?", (self.owner,))
+        if unsettled > 1e-12 and self.cap is not None:
+            db.execute(
+                "UPDATE claims SET amount=? WHERE owner=?", (unsettled, INFLIGHT + self.owner)
+            )
+        else:
+            db.execute("DELETE FROM claims WHERE owner=?", (INFLIGHT + self.owner,))
 
 
 def spend_by(store: TeacherStore, what: str) -> list[dict[str, Any]]:
