@@ -130,3 +130,52 @@ def test_a_run_killed_with_requests_in_flight_keeps_them_claimed(fake_openai, tm
     fake_openai.latency = 0.0
     result = run_generate(_cfg(fake_openai, tmp_path, 10, 10))
     assert result.cost_usd > 0 and spent + in_flight + result.cost_usd <= 3.0 + 1e-9
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_cap_holds_for_random_interleavings_of_runs(teacher_db, seed):
+    """Runs that reserve, send (billed at once by the server), store answers, renew, are all
+    paused past their claims, are killed with requests in flight, or finish, in a random
+    order: what the server billed never passes the cap."""
+    import random
+
+    from protege.teacher.cost import Budget
+
+    rng = random.Random(seed)
+    ttl, cap_usd, billed, n = 0.05, 1.0, 0.0, 0
+    runs: dict[str, dict] = {}
+    with TeacherStore() as store:
+        set_cap(store, cap_usd)
+        for _ in range(300):
+            if len(runs) < 3:
+                n += 1
+                owner = f"host{n}-1-x"  # another host's: only expiry tells it is gone
+                runs[owner] = {
+                    "budget": Budget(None, cap=StoreCap(store, owner, ttl)),
+                    "flight": [],
+                }
+            owner = rng.choice(sorted(runs))
+            run, op = runs[owner], rng.random()
+            budget, flight = run["budget"], run["flight"]
+            if op < 0.4:
+                worst = rng.uniform(0.01, 0.1)
+                if budget.reserve(worst):
+                    actual = rng.uniform(0.0, worst)
+                    billed += actual  # sent: the server bills it, answered or not
+                    flight.append((worst, actual))
+            elif op < 0.7 and flight:
+                worst, actual = flight.pop(0)
+                budget.settle(worst, actual)
+                store.put(Answer(f"k{rng.random()}", "m", "ok", text="x", cost_usd=actual,
+                                 run_id=owner), {})  # fmt: skip
+            elif op < 0.8:
+                budget.cap.heartbeat()
+            elif op < 0.86:
+                time.sleep(ttl * 1.5)  # every run paused past its claim
+            elif op < 0.93:
+                del runs[owner]  # killed: never renews, never closes, its flight billed
+            elif not flight:
+                budget.cap.close()
+                del runs[owner]
+            assert billed <= cap_usd + 1e-9
+    assert billed > 0.25 * cap_usd  # the runs did spend
