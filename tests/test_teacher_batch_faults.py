@@ -252,3 +252,25 @@ def test_a_driver_paused_past_its_lease_does_not_create_what_was_taken_over(tmp_
             assert job.wait(120) == 0, job.stdout.read().decode()
         assert len(server.batches.batches) == 4
         assert sorted(server.batches.submitted.values()) == [1] * 40
+
+
+def test_an_online_run_counts_requests_waiting_in_a_batch_apart_from_budget_skips():
+    from protege.teacher.client import call_all
+    from protege.teacher.leases import new_run_id
+
+    with FakeOpenAI(batch_delay=60.0) as server:
+        requests = _requests(4)
+        _created_then_killed(_cfg(server), requests, new_run_id())  # out, its driver alive
+        online = TeacherConfig(kind="openai", model="fake-model", base_url=server.base_url)
+
+        async def go():
+            client = ChatClient(online, server.base_url, None)
+            with TeacherStore() as store:
+                try:
+                    return await call_all(requests, online, client, store, Budget(None))
+                finally:
+                    await client.close()
+
+        report = asyncio.run(go())
+        assert (report.in_batch, report.skipped, report.ok) == (4, 0, 0)
+        assert not [e for e in server.log if not e.get("batch")]  # nothing sent online

@@ -445,8 +445,8 @@ async def call_all(
     report.in_batch = len(work.in_batch)
     for _ in range(report.elsewhere):
         on_answer("elsewhere", None)
-    report.skipped = work.left() + len(unsent)
-    for _ in range(report.skipped):
+    report.skipped = work.left() - len(work.in_batch) + len(unsent)
+    for _ in range(report.skipped + report.in_batch):
         on_answer("skipped", None)
     if store_error:
         raise _store_failed(store, store_error[0], unwritten, report, rescue_dirs)
