@@ -15,7 +15,7 @@ once that lease has expired. A killed process loses nothing and never submits tw
 finds the job's batches in the store and resumes each where it stopped: polls a created one, or
 (killed between create and record) finds it by its metadata in the endpoint's batch list before
 creating anything, or re-uploads from the stored request bodies. A batch is polled at the
-endpoint it was created at (its stored base URL); one that endpoint no longer knows (404)
+endpoint it was created at (its stored base URL, with this job's key); one it does not know (404)
 releases its rows and claim, and they go out again in a new batch. Each output line is read on
 its own: one that is not what the API promises (not JSON, no `custom_id`, a 200 body without
 `choices`) is a failed try of that request, never the whole batch. Requests that expired, were
@@ -270,14 +270,12 @@ class BatchRunner:
             if again:
                 resend.append((key, request, row["attempt"] + 1))
         owner = f"batch:{bid}"
-        collected = []
 
         def finish(db: sqlite3.Connection) -> None:
             cur = db.execute("UPDATE batches SET status='collected', updated_at=? "
                              "WHERE id=? AND status != 'collected'", (time.time(), bid))  # fmt: skip
             if not cur.rowcount:
                 raise _Collected  # rolls back the answers stored above: stored already
-            collected.append(cur.rowcount)
             db.execute("DELETE FROM leases WHERE owner=? OR key=?", (owner, DRIVER + bid))
             db.execute("DELETE FROM claims WHERE owner=?", (owner,))
 
