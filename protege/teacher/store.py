@@ -22,6 +22,7 @@ from typing import Any
 
 from protege.errors import ProtegeError
 from protege.paths import teacher_db_path
+from protege.teacher.store_file import StoreOpenError, cannot_open, create_private, refuse_empty
 
 
 def request_key(model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
@@ -195,10 +196,6 @@ _COLUMNS = (
 )
 
 
-class StoreOpenError(ProtegeError):
-    """The store file cannot be opened as a store (corrupt, empty, read-only)."""
-
-
 class StoreWriteError(ProtegeError):
     """The store refused a write (disk full, read-only): sending stopped, answers were kept."""
 
@@ -214,9 +211,8 @@ class TeacherStore:
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path else teacher_db_path()
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        created = self._create()
-        if not created:
-            self._refuse_empty()
+        if not create_private(self.path):
+            refuse_empty(self.path)
         try:
             self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             self._wal()
@@ -225,37 +221,9 @@ class TeacherStore:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.migrate()
         except sqlite3.Error as e:  # not a database, read-only, locked for good
-            raise StoreOpenError(
-                f"teacher store {self.path}: cannot open it ({e}); "
-                + ("make it writable, or " if "readonly" in str(e) else "")
-                + "restore it from a backup, or point $PROTEGE_TEACHER_DB at another store "
-                "(its paid answers and spending cap are in this file: do not delete it lightly)"
-            ) from None
+            raise StoreOpenError(cannot_open(self.path, e)) from None
         self._make_private()
         self.import_rescued()
-
-    def _create(self) -> bool:
-        """Create the file, private, before SQLite opens it; False if it was there already."""
-        try:
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            return True
-        except FileExistsError:
-            return False
-
-    def _refuse_empty(self, wait_s: float = 5.0) -> None:
-        """A store that exists but is empty (0 bytes) is not a new store: it was truncated (a
-        full disk, `> teacher.db`), and opening it as new would pay for every answer again and
-        forget the cap. Another process that has just created it writes its header within
-        milliseconds: that is waited for."""
-        deadline = time.monotonic() + wait_s
-        while self.path.stat().st_size == 0:
-            if time.monotonic() > deadline:
-                raise StoreOpenError(
-                    f"teacher store {self.path}: the file is empty (0 bytes), so it is not a new "
-                    "store: it was truncated or never finished. Restore it from a backup, or "
-                    "remove it to start a new store (its answers and spending cap are gone)"
-                )
-            time.sleep(0.05)
 
     def _wal(self, timeout_s: float = 30.0) -> None:
         """WAL mode. Two processes switching a new file at once can deadlock on the lock
