@@ -152,3 +152,76 @@ def test_task_file_that_is_not_an_object(tmp_path):
     (tmp_path / "protege_task.json").write_text("[1, 2]")
     with pytest.raises(ProtegeError, match="expected a JSON object"):
         load_task(tmp_path)
+
+
+def test_an_answer_nested_1000_levels_deep_is_flagged_on_every_run(fake_openai, tmp_path):
+    from protege.data.samples import sample_path
+    from protege.generate import GenerateConfig, run_generate
+    from protege.teacher.config import TeacherConfig
+
+    deep = '{"label": "neutral", "x": ' + "[" * 1000 + "]" * 1000 + "}"
+    fake_openai.reply = lambda messages: deep
+    cfg = GenerateConfig(
+        recipe="label", input=str(sample_path("nli", "dev")), output=str(tmp_path / "o.jsonl"),
+        limit=2, progress=False,
+        teacher=TeacherConfig(kind="openai", model="fake-model", base_url=fake_openai.base_url),
+    )  # fmt: skip
+    for _ in range(2):  # the run that paid, then a rerun from the store
+        run_generate(cfg)
+        rows = [json.loads(line) for line in open(tmp_path / "o.jsonl")]
+        assert [r["flagged"] for r in rows] == ["answer is nested more than 64 levels deep"] * 2
+
+
+@pytest.mark.slow
+def test_a_corrupt_partial_predict_file_is_one_line(model, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in nli_rows("dev", 3)))
+    partial = tmp_path / "out.jsonl.partial"
+    from pathlib import Path
+
+    from protege.digest import model_fingerprint
+
+    meta = {"model": str(Path(model).resolve()), "fingerprint": model_fingerprint(model),
+            "rationale": False, "fast": True}  # fmt: skip
+    (tmp_path / "out.jsonl.partial.json").write_text(json.dumps(meta))
+    for junk in (b'{"premise": "a"\n', b"\xff\xfe garbage\n", b"[1, 2]\n"):
+        partial.write_bytes(junk)
+        r = CliRunner().invoke(main, ["predict", str(model), str(src), "-o",
+                                      str(tmp_path / "out.jsonl")])  # fmt: skip
+        assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+        assert "out.jsonl.partial:1: not a row predict wrote" in r.output
+
+
+@pytest.mark.slow
+def test_a_run_directory_on_a_full_disk_is_one_line(tmp_path):
+    """A file size limit (RLIMIT_FSIZE) makes a write fail with EFBIG, as a full disk does;
+    safetensors then raises its own SafetensorError (not an OSError) from Rust."""
+    import subprocess
+    import sys
+
+    from protege.config import from_dict, save_config
+    from protege.student import resolve_model
+    from protege.train import TrainConfig
+
+    resolve_model("protege:tiny-t5")  # built before the disk filled, as by an earlier run
+    for split, n in (("train", 16), ("dev", 4)):
+        rows = nli_rows(split, n)
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = from_dict(TrainConfig, dict(
+        model="protege:tiny-t5", task={"format": "label+rationale"}, max_steps=1,
+        train_data=str(tmp_path / "train.jsonl"), dev_data=str(tmp_path / "dev.jsonl"),
+        output_dir=str(tmp_path / "out"), batch_size=8, eval_batch_size=8, max_target_len=32,
+        generation={"max_new_tokens": 4}))  # fmt: skip
+    save_config(cfg, tmp_path / "c.yaml")
+    code = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))\n"
+        "from protege.cli import main\n"
+        "sys.argv = ['protege', 'train', sys.argv[1]]\n"
+        "main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "c.yaml")],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "cannot write the checkpoint" in done.stderr and "out" in done.stderr

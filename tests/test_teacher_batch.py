@@ -16,7 +16,7 @@ import pytest
 
 from protege.data.samples import sample_path
 from protege.generate import GenerateConfig, run_generate
-from protege.teacher.batch import _chunks
+from protege.teacher.batch_lines import chunks
 from protege.teacher.config import TeacherConfig
 from protege.teacher.store import TeacherStore
 from protege.testing.fake_openai import FakeOpenAI
@@ -35,8 +35,8 @@ def _cfg(server, tmp_path, mode="batch", limit=12, **teacher) -> GenerateConfig:
 
 def test_chunks_respect_request_and_byte_limits():
     lines = [(str(i), b"x" * 10) for i in range(7)]
-    assert [len(c) for c in _chunks(lines, 3, 1000)] == [3, 3, 1]
-    assert [len(c) for c in _chunks(lines, 100, 25)] == [2, 2, 2, 1]
+    assert [len(c) for c in chunks(lines, 3, 1000)] == [3, 3, 1]
+    assert [len(c) for c in chunks(lines, 100, 25)] == [2, 2, 2, 1]
 
 
 def test_batch_job_is_split_answered_and_costs_half_of_online(tmp_path, monkeypatch):
@@ -116,7 +116,8 @@ def test_a_batch_created_but_not_recorded_is_found_by_its_metadata(tmp_path):
 
     import openai
 
-    from protege.teacher.batch import BatchRunner, _line
+    from protege.teacher.batch import BatchRunner
+    from protege.teacher.batch_lines import request_line
     from protege.teacher.client import ChatClient, Request
     from protege.teacher.cost import Budget
     from protege.teacher.params import ParamRules
@@ -139,14 +140,18 @@ def test_a_batch_created_but_not_recorded_is_found_by_its_metadata(tmp_path):
             m = template.messages(_context(cfg, template, r))
             reqs.setdefault(request_key("fake-model", m, tcfg.params()), m)
         requests = [Request(k, m, 100) for k, m in reqs.items()]
+        # a run of this host whose process is gone: the rerun drives its batch at once
+        pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                             capture_output=True, text=True).stdout.strip()  # fmt: skip
+        dead = f"{__import__('socket').gethostname()}-{pid}-deadbeef"
 
         async def plan_and_create() -> None:
             client = ChatClient(tcfg, server.base_url, None)
             rules = ParamRules(tcfg.endpoint_url, "fake-model", False, {})
             with TeacherStore() as store:
-                runner = BatchRunner(tcfg, client, store, Budget(None), None, rules, "r", print)
+                runner = BatchRunner(tcfg, client, store, Budget(None), None, rules, dead, print)
                 (bid,) = runner.plan(requests, tcfg.params(), {})
-                data = b"".join(_line(k, q) for k, q in runner.requests_of(bid).items())
+                data = b"".join(request_line(k, q) for k, q in runner.requests_of(bid).items())
             await client.close()
             sync = openai.OpenAI(base_url=server.base_url, api_key="x")
             f = sync.files.create(file=("x.jsonl", data), purpose="batch")

@@ -107,3 +107,42 @@ def test_wal_switch_retries_a_lock_that_sqlite_gives_up_on_at_once(tmp_path):
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     store.db.close()
     holder.close()
+
+
+def test_a_process_paused_past_its_leases_does_not_send_what_it_had_queued(fake_openai,
+                                                                           tmp_path):  # fmt: skip
+    """SIGSTOP one sender past `lease_s` with a chunk of leased requests queued, let a second
+    process answer the whole job, SIGCONT: the first sends none of what it had queued (only
+    the one request in flight at the stop can be paid twice)."""
+    import signal
+    import time
+
+    fake_openai.latency = 0.3
+    n = 24
+
+    def generate(name: str) -> subprocess.Popen:
+        cmd = [
+            sys.executable, "-m", "protege", "generate", "--recipe", "explain", "--input",
+            str(sample_path("nli", "train")), "--limit", str(n), "--output",
+            str(tmp_path / name), "--teacher", "openai", "--model", "fake-model", "--base-url",
+            fake_openai.base_url, "--concurrency", "1", "teacher.lease_s=1",
+        ]  # fmt: skip
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    a = generate("a.jsonl")
+    deadline = time.monotonic() + 60
+    while len(fake_openai.log) < 3:  # its third request in flight, five more queued
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    a.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(1.5)  # past its leases
+        fake_openai.latency = 0.01
+        b = generate("b.jsonl")
+        assert b.wait(120) == 0, b.stdout.read().decode()
+    finally:
+        a.send_signal(signal.SIGCONT)
+    assert a.wait(120) == 0, a.stdout.read().decode()
+    sent = [json.dumps(e["body"]["messages"]) for e in fake_openai.log]
+    assert len(set(sent)) == n
+    assert len(sent) - n <= 1, f"{len(sent) - n} prompts paid twice"

@@ -109,3 +109,27 @@ def test_an_answer_without_limit_headers_keeps_the_limits_learned():
     p = asyncio.run(go())
     assert p.observed and p.limits.limit_requests == 600  # what the next job is told
     assert p.requests.per_minute == 600 * SAFETY
+
+
+def test_a_stated_limit_below_the_floor_is_not_believed_and_said(tmp_path):
+    """An endpoint stating 0.01 requests a minute (and none left for 100 minutes) would pace
+    the job at one request every 100 minutes, silently; it is ignored, with a line."""
+    import os
+    import subprocess
+    import sys
+
+    with FakeOpenAI() as server:
+        server.limits.stated = {
+            "x-ratelimit-limit-requests": "0.01", "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": "100m", "x-ratelimit-limit-tokens": "0.5",
+        }  # fmt: skip
+        cmd = [sys.executable, "-m", "protege", "generate", "--recipe", "explain", "--input",
+               str(sample_path("nli", "dev")), "--output", str(tmp_path / "o.jsonl"),
+               "--teacher", "openai", "--model", "fake-model", "--base-url", server.base_url,
+               "--limit", "8"]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=os.environ)
+    assert done.returncode == 0, done.stderr
+    out = " ".join(done.stderr.split())
+    assert "states x-ratelimit-limit-requests: 0.01 a minute, below 1: not believed" in out
+    assert "states x-ratelimit-limit-tokens: 0.5 a minute, below 100: not believed" in out
+    assert len(open(tmp_path / "o.jsonl").readlines()) == 8

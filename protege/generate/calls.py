@@ -90,8 +90,13 @@ def send(
         try:
             with endpoint(tcfg) as (base_url, api_key):
                 report = asyncio.run(go())
-        finally:
-            cap.close()
+        finally:  # online requests sent and never answered (Ctrl-C) stay claimed
+            cap.close(budget.reserved if tcfg.mode == "online" else 0.0)
     if cap.refused:
         report.errors["cap"] = cap.refused
+    if report.in_batch:  # not a budget matter: say where they are
+        report.errors["in_batch"] = (
+            f"{report.in_batch} requests wait in a Batch API job another run submitted; "
+            "`teacher.mode: batch` collects them (they are not sent online meanwhile)"
+        )
     return report

@@ -113,6 +113,8 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
     result = GenerateResult(output=str(cfg.output), n_records=len(records), dry_run=cfg.dry_run)
     result.n_requests = len(distinct)
     with TeacherStore() as store:
+        if cfg.output:  # answers a full disk made an earlier run leave beside its output
+            store.import_rescued([Path(str(cfg.output)).parent])
         stored = store.get_many(distinct)
         todo = [k for k in distinct if k not in stored or stored[k].status != "ok"]
         result.n_cached = len(distinct) - len(todo)

@@ -108,6 +108,10 @@ def parse_json(text: str, schema: dict[str, Any]) -> tuple[dict[str, Any] | None
         value = json.loads(text)
     except ValueError:
         return None, f"answer is not JSON: {text.strip()[:60]!r}"
+    except RecursionError:  # the decoder's own limit (about 1,000 levels)
+        return None, f"answer is nested more than {MAX_DEPTH} levels deep"
+    if _depth(value) > MAX_DEPTH:  # a row this deep would not be written or read back
+        return None, f"answer is nested more than {MAX_DEPTH} levels deep"
     problem = validate(value, schema)
     return (None, problem) if problem else (value, None)
 
@@ -121,3 +125,20 @@ def schema_of_params(params: dict[str, Any]) -> dict[str, Any] | None:
     if fmt.get("type") == "json_schema":
         return (fmt.get("json_schema") or {}).get("schema")
     return fmt.get("schema") if fmt.get("type") == "json_object" else None
+
+
+MAX_DEPTH = 64
+"""Nesting an answer may have: deeper JSON is refused as an answer, never a RecursionError."""
+
+
+def _depth(value: Any) -> int:
+    """How deep lists and objects nest in `value` (a scalar: 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level + 1)
+            stack.extend(
+                (v, level + 1) for v in (item.values() if isinstance(item, dict) else item)
+            )
+    return deepest

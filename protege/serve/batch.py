@@ -170,7 +170,19 @@ def _resume(partial: Path, records: list[dict], with_rationale: bool) -> int:
     if len(complete) != len(raw):  # interrupted mid-write: drop the torn line
         with open(partial, "wb") as f:
             f.write(complete)
-    rows = [json.loads(line) for line in complete.decode("utf-8").splitlines() if line.strip()]
+    rows = []
+    for n, line in enumerate(complete.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line.decode("utf-8")))
+        except ValueError as e:  # UnicodeDecodeError is one too
+            raise ProtegeError(
+                f"{partial}:{n}: not a row predict wrote ({type(e).__name__}); remove it to start "
+                "over"
+            ) from None
+        if not isinstance(rows[-1], dict):
+            raise ProtegeError(f"{partial}:{n}: not a row predict wrote; remove it to start over")
     if len(rows) > len(records):
         raise ProtegeError(f"{partial}: has more rows than the input; remove it to start over")
     for n, (row, record) in enumerate(zip(rows, records, strict=False), start=1):

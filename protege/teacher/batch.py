@@ -7,12 +7,21 @@ anything is uploaded. Then: upload the JSONL (`custom_id` = store key), create t
 the output and error files and store every answer at the batch price, marking the batch
 collected in the same transaction. Batches are split to the API's limits (requests, bytes).
 
-A killed process loses nothing and never submits twice: the rerun finds the job's batches in
-the store and resumes each where it stopped: polls a created one, or (killed between create
-and record) finds it by its metadata in the endpoint's batch list before creating anything, or
-re-uploads from the stored request bodies. Requests that expired, were cancelled or met a
-server error are sent again in a new batch, up to `max_retries` times; a request the API
-refused (400) is recorded as failed; a 400 about a parameter teaches a rule (`params.py`).
+One process drives a batch: its run holds the batch's own lease (`batch-driver:<id>`, renewed
+by a heartbeat) from the transaction that records the batch, and checks it still does right
+before it creates the batch remotely. Another process on the same job waits for a batch a live
+process drives (it reads the answers from the store once collected) and takes it over only
+once that lease has expired. A killed process loses nothing and never submits twice: the rerun
+finds the job's batches in the store and resumes each where it stopped: polls a created one, or
+(killed between create and record) finds it by its metadata in the endpoint's batch list before
+creating anything, or re-uploads from the stored request bodies. A batch is polled at the
+endpoint it was created at (its stored base URL, with this job's key); one it does not know (404)
+releases its rows and claim, and they go out again in a new batch. Each output line is read on
+its own: one that is not what the API promises (not JSON, no `custom_id`, a 200 body without
+`choices`) is a failed try of that request, never the whole batch. Requests that expired, were
+cancelled or met a server error are sent again in a new batch, up to `max_retries` times; a
+request the API refused (400) is recorded as failed; a 400 about a parameter teaches a rule
+(`params.py`).
 """
 
 from __future__ import annotations
@@ -26,44 +35,29 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from protege.errors import ProtegeError
+from protege.teacher.batch_lines import answer_of, chunks, request_line, result_of
+from protege.teacher.batch_remote import MAX_POLL_S, BatchAPI, BatchGone
+from protege.teacher.batch_shared import DONE, DRIVER, drive, elsewhere, lost, take_over
+from protege.teacher.batch_shared import batch_row as _row
 from protege.teacher.client import (
     CallReport,
     ChatClient,
     Request,
     rescue_unwritten,
-    token_logprobs,
 )
 from protege.teacher.config import TeacherConfig
 from protege.teacher.cost import Budget
-from protege.teacher.failures import FATAL, FIX, RETRY, ApiError, TeacherFatal, classify
-from protege.teacher.leases import lease, new_run_id, release
+from protege.teacher.leases import hold, lease, new_run_id, release, renew
 from protege.teacher.params import ParamRules
-from protege.teacher.prices import Pricing, usage_counts
+from protege.teacher.prices import Pricing
 from protege.teacher.store import Answer, StoreWriteError, TeacherStore
 
 WINDOW_S = 25 * 3600  # a batch's leases: its 24 h completion window, and an hour to collect
 TERMINAL = ("completed", "failed", "expired", "cancelled")
-MAX_POLL_S = 600.0
 
 
-def _chunks(lines: list[tuple[str, bytes]], max_n: int, max_bytes: int) -> list[list]:
-    """Split (key, line) pairs into batches of at most max_n lines and max_bytes bytes."""
-    out: list[list] = [[]]
-    size = 0
-    for key, line in lines:
-        if out[-1] and (len(out[-1]) >= max_n or size + len(line) > max_bytes):
-            out.append([])
-            size = 0
-        out[-1].append((key, line))
-        size += len(line)
-    return [c for c in out if c]
-
-
-def _line(key: str, request: dict[str, Any]) -> bytes:
-    body = {"model": request["model"], "messages": request["messages"], **request["sent"]}
-    row = {"custom_id": key, "method": "POST", "url": "/v1/chat/completions", "body": body}
-    return (json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+class _Collected(Exception):
+    """Another process collected the batch first: nothing of this collection is stored."""
 
 
 class BatchRunner:
@@ -76,9 +70,26 @@ class BatchRunner:
         self.cfg, self.client, self.store, self.budget = cfg, client, store, budget
         self.rescue_dirs = list(rescue_dirs)
         self.pricing, self.rules, self.run_id, self.on_answer = pricing, rules, run_id, on_answer
-        self.sdk = client.sdk
         self.report = CallReport()
         self.reserved: dict[str, float] = {}  # batch id -> worst cost reserved in this run
+        self.apis: dict[str, BatchAPI] = {client.base_url: BatchAPI(cfg, client)}
+        self.watched: set[str] = set()  # batches driven by another live process
+        self.tracked: set[str] = set()  # batches this run polls or waits for
+
+    def api(self, row: dict[str, Any]) -> BatchAPI:
+        """The Batch API of the endpoint the batch was created at (a rerun may name another)."""
+        url = row.get("endpoint") or self.client.base_url
+        if url == "local" or url == self.cfg.endpoint_url:
+            url = self.client.base_url
+        if url not in self.apis:
+            other = ChatClient(self.cfg, url, self.client.api_key)
+            self.apis[url] = BatchAPI(self.cfg, other)
+        return self.apis[url]
+
+    async def close(self) -> None:
+        for url, api in self.apis.items():
+            if url != self.client.base_url:
+                await api.client.close()
 
     # -- the store ---------------------------------------------------------------------------
     def open_batches(self, keys: list[str]) -> list[dict[str, Any]]:
@@ -90,14 +101,10 @@ class BatchRunner:
             ids |= {r[0] for r in self.store.db.execute(
                 f"SELECT DISTINCT batch_id FROM batch_requests WHERE key IN ({marks})", chunk)}  # fmt: skip
         rows = []
-        cols = ("id", "remote_id", "input_file_id", "status", "n", "attempt", "created_at")
         for bid in sorted(ids):
-            row = self.store.db.execute(
-                f"SELECT {', '.join(cols)} FROM batches WHERE id=? AND status != 'collected'",
-                (bid,),
-            ).fetchone()
-            if row:
-                rows.append(dict(zip(cols, row, strict=True)))
+            row = _row(self.store, bid)
+            if row["status"] not in DONE:
+                rows.append(row)
         return rows
 
     def _update(self, bid: str, **fields: Any) -> None:
@@ -122,10 +129,10 @@ class BatchRunner:
                        "sent": self.rules.apply({**(req.params or params), **extras})
                        if req.params else wire}  # fmt: skip
             bodies[req.key] = request
-            lines.append((req.key, _line(req.key, request)))
+            lines.append((req.key, request_line(req.key, request)))
         worst = {req.key: self._worst(req) for req in requests}
         planned = []
-        for chunk in _chunks(lines, self.cfg.batch_max_requests, self.cfg.batch_max_bytes):
+        for chunk in chunks(lines, self.cfg.batch_max_requests, self.cfg.batch_max_bytes):
             keys = [k for k, _ in chunk]
             affordable = []
             for k in keys:
@@ -145,9 +152,11 @@ class BatchRunner:
                 db.execute(
                     "INSERT INTO batches (id, endpoint, model, run_id, status, n, attempt, "
                     "created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                    (bid, self.cfg.endpoint_url, self.cfg.model_name, self.run_id, "new",
+                    (bid, self.client.base_url, self.cfg.model_name, self.run_id, "new",
                      len(mine), attempt, now, now),
                 )  # fmt: skip
+                db.execute("INSERT OR REPLACE INTO leases (key, owner, expires_at) VALUES "
+                           "(?,?,?)", (DRIVER + bid, self.run_id, now + self.cfg.lease_s))  # fmt: skip
                 db.executemany(
                     "INSERT INTO batch_requests (batch_id, key, request) VALUES (?,?,?)",
                     [(bid, k, json.dumps(bodies[k], ensure_ascii=False)) for k in mine],
@@ -164,9 +173,12 @@ class BatchRunner:
             self.report.elsewhere += len(got.done)
             for _ in got.done:
                 self.on_answer("elsewhere", None)
-            self.report.skipped += len(got.busy)  # in flight elsewhere: left to their owner
-            for _ in got.busy:
-                self.on_answer("skipped", None)
+            for owner in got.owners.values():  # in another process's batch: waited for
+                if owner.startswith("batch:"):
+                    self.watched.add(owner[len("batch:") :])
+                else:  # sent online by another process: left to it
+                    self.report.skipped += 1
+                    self.on_answer("skipped", None)
             if got.mine:
                 self.reserved[bid] = cost
                 planned.append(bid)
@@ -178,33 +190,23 @@ class BatchRunner:
         return self.pricing.cost(req.worst_prompt_tokens, self.cfg.max_tokens, batch=True)
 
     async def start(self, row: dict[str, Any]) -> None:
-        """Upload and create a recorded batch that has no remote id yet (or find it)."""
+        """Upload and create a recorded batch that has no remote id yet (or find it). Right
+        before creating, the run checks it still drives the batch: paused past its lease, it
+        may have lost it to a process that has created the batch since (then it only waits)."""
         bid = row["id"]
-        found = await self._find_remote(bid, row["created_at"])
+        api = self.api(row)
+        found = await api.find(bid, row["created_at"])
         if found is None:
             if not row["input_file_id"]:
-                data = b"".join(_line(k, r) for k, r in self.requests_of(bid).items())
-                upload = await self._api(self.sdk.files.create, file=(
-                    f"protege-{bid}.jsonl", data, "application/jsonl"), purpose="batch")  # fmt: skip
-                row["input_file_id"] = upload.id
-                self._update(bid, input_file_id=upload.id)
-            found = await self._api(
-                self.sdk.batches.create, input_file_id=row["input_file_id"],
-                endpoint="/v1/chat/completions", completion_window="24h",
-                metadata={"protege_batch": bid},
-            )  # fmt: skip
+                data = b"".join(request_line(k, r) for k, r in self.requests_of(bid).items())
+                row["input_file_id"] = await api.upload(f"protege-{bid}.jsonl", data)
+                self._update(bid, input_file_id=row["input_file_id"])
+            if not hold(self.store, DRIVER + bid, self.run_id, self.cfg.lease_s):
+                row["mine"] = False
+                return
+            found = await api.create(row["input_file_id"], bid)
         row.update(remote_id=found.id, status=found.status)
         self._update(bid, remote_id=found.id, status=found.status)
-
-    async def _find_remote(self, bid: str, since: float) -> Any:
-        """The endpoint's batch created for `bid` (killed before its id was recorded), or None."""
-        pages = self.sdk.batches.list(limit=100, extra_headers=self.client.headers)
-        async for remote in pages:
-            if (remote.metadata or {}).get("protege_batch") == bid:
-                return remote
-            if remote.created_at < since - 3600:
-                return None
-        return None
 
     # -- waiting and collecting --------------------------------------------------------------
     async def wait(self, rows: list[dict[str, Any]], progress: Callable[[str], None]) -> list:
@@ -212,9 +214,22 @@ class BatchRunner:
         resend: list[tuple[str, dict[str, Any], int]] = []
         delay = self.cfg.batch_poll_s
         open_rows = list(rows)
+        self.tracked |= {r["id"] for r in rows}
         while open_rows:
             for row in list(open_rows):
-                remote = await self._api(self.sdk.batches.retrieve, row["remote_id"])
+                if not row.get("mine") and not await take_over(self, row):
+                    if _row(self.store, row["id"])["status"] in DONE:  # its driver is done
+                        open_rows.remove(row)
+                        open_rows += elsewhere(self, row)
+                    continue
+                if not row["remote_id"]:
+                    continue  # lost the batch right before creating it: watched from now on
+                try:
+                    remote = await self.api(row).retrieve(row["remote_id"])
+                except BatchGone as e:
+                    resend += lost(self, row, str(e))
+                    open_rows.remove(row)
+                    continue
                 if remote.status != row["status"]:
                     row["status"] = remote.status
                     self._update(row["id"], status=remote.status)
@@ -235,10 +250,9 @@ class BatchRunner:
         results: dict[str, dict[str, Any]] = {}
         for fid in (remote.output_file_id, remote.error_file_id):
             if fid:
-                content = await self._api(self.sdk.files.content, fid)
-                for line in content.content.splitlines():
-                    if line.strip():
-                        item = json.loads(line)
+                for line in (await self.api(row).content(fid)).splitlines():
+                    item = result_of(line)  # a line not as the API promises: no result for it
+                    if item is not None and item["custom_id"] in requests:
                         results[item["custom_id"]] = item
         answers: list[tuple[Answer, dict[str, Any]]] = []
         resend = []
@@ -250,23 +264,26 @@ class BatchRunner:
             failed_batch = "the batch was cancelled"
         for key, request in requests.items():
             item = results.get(key)
-            answer, again = self._answer(key, item, remote.status, failed_batch, row["attempt"])
+            answer, again = answer_of(self, key, item, remote.status, failed_batch, row["attempt"])
             if answer is not None:
                 answers.append((answer, request))
             if again:
                 resend.append((key, request, row["attempt"] + 1))
         owner = f"batch:{bid}"
-        collected = []
 
         def finish(db: sqlite3.Connection) -> None:
             cur = db.execute("UPDATE batches SET status='collected', updated_at=? "
                              "WHERE id=? AND status != 'collected'", (time.time(), bid))  # fmt: skip
-            collected.append(cur.rowcount)
-            db.execute("DELETE FROM leases WHERE owner=?", (owner,))
+            if not cur.rowcount:
+                raise _Collected  # rolls back the answers stored above: stored already
+            db.execute("DELETE FROM leases WHERE owner=? OR key=?", (owner, DRIVER + bid))
             db.execute("DELETE FROM claims WHERE owner=?", (owner,))
 
         try:
             self.store.put_many(answers, owner=owner, extra=finish)
+        except _Collected:  # counted as answered elsewhere, never collected twice
+            elsewhere(self, row)
+            return []
         except sqlite3.Error as e:  # paid answers the store refused: keep them, stop at once
             where = rescue_unwritten(self.store, answers, self.rescue_dirs)
             raise StoreWriteError(
@@ -274,8 +291,6 @@ class BatchRunner:
                 f"{bid}; stopped at once: {where}; the batch stays recorded, so a rerun "
                 "collects it again and submits nothing twice; free some space and rerun"
             ) from e
-        if not collected[0]:
-            return []  # another process collected it first (and resends what is left)
         worst = self.reserved.pop(bid, None)
         spent = sum(a.cost_usd for a, _ in answers if a.status == "ok")
         self.budget.settle(worst or 0.0, spent)
@@ -288,73 +303,6 @@ class BatchRunner:
                 self.report.errors[answer.key] = answer.error or ""
             self.on_answer(answer.status, answer)
         return resend
-
-    def _answer(self, key: str, item: dict[str, Any] | None, status: str,
-                failed_batch: str | None, attempt: int) -> tuple[Answer | None, bool]:  # fmt: skip
-        """One result line as an answer to store, and whether to send the request again."""
-        last = attempt > self.cfg.max_retries
-        if item is None or item.get("error"):
-            why = failed_batch or (item or {}).get("error", {}).get("message") or f"batch {status}"
-            if failed_batch or last:
-                return self._failed(key, f"batch: {why}", attempt), False
-            return None, True
-        response = item.get("response") or {}
-        body = response.get("body") or {}
-        code = response.get("status_code", 0)
-        if code != 200:
-            err = body.get("error") if isinstance(body.get("error"), dict) else {}
-            error = ApiError(code, str(err.get("message") or f"HTTP {code}"), err.get("type"),
-                             err.get("code"), err.get("param"))  # fmt: skip
-            kind = classify(error)
-            if kind == FIX and (fix := self.rules.learn(error.as_dict())):
-                self.store.put_param_rule(
-                    self.rules.endpoint, self.rules.model, *fix, error.message
-                )
-                self.report.learned.append(f"{self.cfg.model_name}: {fix[0]} -> {fix[1]}")
-                return None, True
-            if kind == RETRY and not last:
-                return None, True
-            return self._failed(key, str(error), attempt), False
-        choice = body["choices"][0]
-        tin, tout, cached, reasoning = usage_counts(body.get("usage") or {})
-        cost = self.pricing.cost(tin or 0, tout or 0, cached, batch=True) if self.pricing else 0.0
-        return Answer(
-            key=key, model=self.cfg.model_name, status="ok",
-            text=choice["message"]["content"] or "", finish_reason=choice.get("finish_reason"),
-            input_tokens=tin, output_tokens=tout, cost_usd=cost, latency_s=None,
-            system_fingerprint=body.get("system_fingerprint"), attempts=attempt,
-            created_at=time.time(), source="batch", cached_tokens=cached,
-            reasoning_tokens=reasoning, run_id=self.run_id, logprobs=token_logprobs(choice),
-        ), False  # fmt: skip
-
-    def _failed(self, key: str, error: str, attempt: int) -> Answer:
-        return Answer(key, self.cfg.model_name, "failed", error=error, attempts=attempt,
-                      source="batch", run_id=self.run_id)  # fmt: skip
-
-    async def _api(self, call, *args: Any, **kw: Any) -> Any:
-        """One Files/Batches call, retried on 429/5xx/connection errors; fatal answers stop."""
-        o = self.client.openai
-        for attempt in range(self.cfg.max_retries + 1):
-            try:
-                return await call(*args, **kw, extra_headers=self.client.headers)
-            except o.APIStatusError as e:
-                error = ApiError.from_sdk(e)
-                kind = classify(error)
-                if kind == FATAL:
-                    raise TeacherFatal(
-                        f"teacher: {self.cfg.endpoint_url} batch API: {error}"
-                    ) from e
-                if kind != RETRY or attempt == self.cfg.max_retries:
-                    raise ProtegeError(
-                        f"teacher: {self.cfg.endpoint_url} batch API: {error}"
-                    ) from e
-            except (o.APITimeoutError, o.APIConnectionError) as e:
-                if attempt == self.cfg.max_retries:
-                    raise ProtegeError(
-                        f"teacher: {self.cfg.endpoint_url} batch API unreachable: {e}"
-                    ) from e
-            await asyncio.sleep(min(MAX_POLL_S, self.cfg.backoff_s * 2**attempt))
-        raise AssertionError("unreachable")
 
 
 async def batch_all(
@@ -388,6 +336,7 @@ async def batch_all(
 async def _batch_all(requests, cfg, client, store, budget, on_answer, pricing, rules, run_id,
                      params, extras, progress, rescue_dirs) -> CallReport:  # fmt: skip
     run_id = run_id or new_run_id()
+    store.import_rescued(rescue_dirs)  # answers a full disk left elsewhere: never paid twice
     params = cfg.params() if params is None else params
     if rules is None:
         learned = store.param_rules(cfg.endpoint_url, cfg.model_name)
@@ -395,29 +344,44 @@ async def _batch_all(requests, cfg, client, store, budget, on_answer, pricing, r
     runner = BatchRunner(cfg, client, store, budget, pricing, rules, run_id, on_answer,
                          rescue_dirs)  # fmt: skip
     by_key = {r.key: r for r in requests}
-    resumed = runner.open_batches(list(by_key))
-    in_resumed = {k for row in resumed for k in runner.requests_of(row["id"])}
-    fresh = [r for r in requests if r.key not in in_resumed]
-    rows = resumed + [_row(store, bid) for bid in runner.plan(fresh, params, extras or {})]
-    while rows:
-        for row in rows:
-            if not row["remote_id"]:
-                await runner.start(row)
-        progress(f"{len(rows)} batch(es) submitted")
-        resend = await runner.wait(rows, progress)
-        again = []
-        for key, request, attempt in resend:
-            req = by_key.get(key) or Request(key, request["messages"], 0, request["params"])
-            again.append((req, attempt))
-        rows = []
-        for attempt in sorted({a for _, a in again}):
-            reqs = [r for r, a in again if a == attempt]
-            rows += [_row(store, bid) for bid in runner.plan(reqs, params, extras or {}, attempt)]
+
+    async def heartbeat() -> None:  # the leases of the batches this run drives, and its claim
+        while True:
+            await asyncio.sleep(cfg.lease_s / 3)
+            renew(store, run_id, cfg.lease_s)
+            if budget.cap is not None:
+                budget.cap.heartbeat()
+
+    def planned(reqs: list[Request], attempt: int = 1) -> list[dict[str, Any]]:
+        rows = [{**_row(store, bid), "mine": True}
+                for bid in runner.plan(reqs, params, extras or {}, attempt)]  # fmt: skip
+        for bid in sorted(runner.watched - runner.tracked - {r["id"] for r in rows}):
+            rows.append({**_row(store, bid), "mine": False})
+        runner.watched.clear()
+        return rows
+
+    beat = asyncio.ensure_future(heartbeat())
+    try:
+        resumed = runner.open_batches(list(by_key))
+        for row in resumed:
+            drive(runner, row)
+        in_resumed = {k for row in resumed for k in runner.requests_of(row["id"])}
+        rows = resumed + planned([r for r in requests if r.key not in in_resumed])
+        while rows:
+            for row in rows:
+                if row["mine"] and not row["remote_id"]:
+                    await runner.start(row)
+            progress(f"{len(rows)} batch(es) submitted")
+            resend = await runner.wait(rows, progress)
+            again = []
+            for key, request, attempt in resend:
+                req = by_key.get(key) or Request(key, request["messages"], 0, request["params"])
+                again.append((req, attempt))
+            rows = []
+            for attempt in sorted({a for _, a in again}):
+                rows += planned([r for r, a in again if a == attempt], attempt)
+    finally:
+        beat.cancel()
+        await runner.close()
     release(store, run_id)
     return runner.report
-
-
-def _row(store: TeacherStore, bid: str) -> dict[str, Any]:
-    cols = ("id", "remote_id", "input_file_id", "status", "n", "attempt", "created_at")
-    row = store.db.execute(f"SELECT {', '.join(cols)} FROM batches WHERE id=?", (bid,)).fetchone()
-    return dict(zip(cols, row, strict=True))

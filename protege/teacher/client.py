@@ -42,13 +42,14 @@ from protege.teacher.failures import (
     fatal_message,
 )
 from protege.teacher.keys import get_key
-from protege.teacher.leases import LeasedQueue, new_run_id, release, renew
+from protege.teacher.leases import LeasedQueue, new_run_id, release
 from protege.teacher.params import ParamRules
 from protege.teacher.prices import Pricing, usage_counts
 from protege.teacher.ratelimit import REMEMBER_S, Pacer, retry_after
 from protege.teacher.store import Answer, StoreWriteError, TeacherStore
 
 MAX_BACKOFF_S = 60.0
+LOST = object()  # a request whose lease another process took before it was sent
 
 
 @dataclass
@@ -255,6 +256,7 @@ async def call_all(
     """
     report = CallReport()
     run_id = run_id or new_run_id()
+    store.import_rescued(rescue_dirs)  # answers a full disk left elsewhere: never paid twice
     work = LeasedQueue(
         store, requests, run_id, cfg.lease_s, chunk=max(8, min(256, cfg.concurrency))
     )
@@ -318,6 +320,10 @@ async def call_all(
                 work.close()
                 break
             result = await call_one(req)
+            if result is LOST:  # another process holds it now (we were paused): not sent
+                budget.settle(worst, 0.0)
+                work.lost(req)
+                continue
             if result is None:  # stopped (fatal answer, failed write): not answered
                 budget.settle(worst, 0.0)
                 unsent.append(req)
@@ -338,18 +344,27 @@ async def call_all(
         while True:
             await asyncio.sleep(cfg.lease_s / 3)
             try:
-                renew(store, run_id, cfg.lease_s)
+                work.renew()
+                if budget.cap is not None:
+                    budget.cap.heartbeat()
             except sqlite3.Error as e:
                 store_error.append(str(e))
                 work.close()
 
-    async def call_one(req: Request) -> tuple[Answer, dict[str, Any]] | None:
+    async def call_one(req: Request) -> tuple[Answer, dict[str, Any]] | object | None:
         error, tries, fixes = "", 0, 0
         canonical = {**(req.params or job_params), **extras}
         params = rules.apply(canonical)
         tokens = (req.est_tokens or req.worst_prompt_tokens) + cfg.max_tokens
         while tries <= cfg.max_retries and not halted():
             await pacer.acquire(tokens)
+            try:
+                if not work.still_mine(req.key):  # leased long ago: is it still ours?
+                    return LOST
+            except sqlite3.Error as e:
+                store_error.append(str(e))
+                work.close()
+                return None
             params = rules.apply(canonical)
             start = time.monotonic()
             try:
@@ -425,12 +440,13 @@ async def call_all(
                 )
         except sqlite3.Error:
             pass  # leases of a dead run expire by themselves; limits are learned again
+    report.learned += pacer.notices
     report.elsewhere = len(work.done)
     report.in_batch = len(work.in_batch)
     for _ in range(report.elsewhere):
         on_answer("elsewhere", None)
-    report.skipped = work.left() + len(unsent)
-    for _ in range(report.skipped):
+    report.skipped = work.left() - len(work.in_batch) + len(unsent)
+    for _ in range(report.skipped + report.in_batch):
         on_answer("skipped", None)
     if store_error:
         raise _store_failed(store, store_error[0], unwritten, report, rescue_dirs)
@@ -470,9 +486,8 @@ def rescue_unwritten(store: TeacherStore, unwritten: list, dirs: list[Path]) -> 
     saved = rescue.save(unwritten, store.path, list(dirs))
     if not saved:
         return f"{len(unwritten)} answers could not be saved anywhere"
-    how = ("imported when the store next opens" if saved.parent == store.path.parent.resolve()
-           else f"`protege teacher import {saved}` once there is room")  # fmt: skip
-    return f"{len(unwritten)} answers saved to {saved} ({how})"
+    return (f"{len(unwritten)} answers saved to {saved} (the rerun imports them before it "
+            f"sends anything; or `protege teacher import {saved}`)")  # fmt: skip
 
 
 def token_logprobs(choice: dict[str, Any]) -> str | None:

@@ -45,7 +45,7 @@ class Budget:
         needed = self.spent + self.reserved + worst
         if self.limit is not None and needed > self.limit + 1e-12:
             return False
-        if self.cap is not None and not self.cap.allow(needed):
+        if self.cap is not None and not self.cap.allow(needed, self.reserved + worst):
             return False
         self.reserved += worst
         return True

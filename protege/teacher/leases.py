@@ -5,7 +5,9 @@ request waiting in a Batch API job) until `expires_at`. Another process that wan
 sees the lease and takes other work first, then waits for the answer or for the lease to
 expire. A live run renews its leases (a heartbeat every third of the lease time); a killed one
 stops renewing, so its leases expire and its work is taken over. Storing an answer ends its
-lease in the same transaction (`TeacherStore.put_many(owner=...)`).
+lease in the same transaction (`TeacherStore.put_many(owner=...)`). A process paused past its
+leases' expiry (SIGSTOP) may find them taken when it resumes: a sender checks that it still
+holds a lease before each send (`LeasedQueue.still_mine`), and a lost one is only waited for.
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from protege.teacher.store import TeacherStore
+
+SEND_MARGIN_S = 2.0
+"""A lease that ends sooner than this (by our clock) is checked in the store before a send:
+clocks of other hosts on a shared store, and the moment the request takes to leave."""
 
 
 def new_run_id() -> str:
@@ -116,18 +122,32 @@ def lease(store: TeacherStore, keys: Iterable[str], owner: str, ttl_s: float, th
     return out
 
 
-def renew(store: TeacherStore, owner: str, ttl_s: float) -> None:
-    """Push back the expiry of every lease (and spending claim) `owner` holds: the heartbeat."""
+def renew(store: TeacherStore, owner: str, ttl_s: float) -> list[str]:
+    """Push back the expiry of every lease `owner` still holds: the heartbeat (the run's
+    spending claim has its own: `spend.StoreCap.heartbeat`). Returns the keys renewed; a key
+    leased before and not among them was lost."""
     until = time.time() + ttl_s
     db = store.db
     db.execute("BEGIN IMMEDIATE")
     try:
-        db.execute("UPDATE leases SET expires_at=? WHERE owner=?", (until, owner))
-        db.execute("UPDATE claims SET expires_at=? WHERE owner=?", (until, owner))
+        rows = db.execute(
+            "UPDATE leases SET expires_at=? WHERE owner=? RETURNING key", (until, owner)
+        ).fetchall()
         db.execute("COMMIT")
     except BaseException:
         store._rollback()  # not when SQLite has already rolled back (a full disk)
         raise
+    return [r[0] for r in rows]
+
+
+def hold(store: TeacherStore, key: str, owner: str, ttl_s: float) -> bool:
+    """Whether `owner` still holds `key`, its lease renewed for `ttl_s` if so (one statement):
+    checked before sending what was leased a while ago. A process paused past its leases'
+    expiry (SIGSTOP, a suspended laptop) may have lost them to another that sent them since."""
+    cur = store.db.execute(
+        "UPDATE leases SET expires_at=? WHERE key=? AND owner=?", (time.time() + ttl_s, key, owner)
+    )
+    return cur.rowcount == 1
 
 
 def release(store: TeacherStore, owner: str, keys: Iterable[str] | None = None) -> None:
@@ -159,6 +179,29 @@ class LeasedQueue:
         self.in_batch: list = []  # held by a Batch API job: `teacher.mode: batch` collects them
         self.closed = False
         self._wait_lock = None
+        self.expiry: dict[str, float] = {}  # key -> when this queue's lease on it ends
+
+    def still_mine(self, key: str) -> bool:
+        """Whether the lease on `key` is still this queue's, checked in the store unless it
+        surely is (unexpired by our own clock, with a margin): asked before each send."""
+        if time.time() + SEND_MARGIN_S < self.expiry.get(key, 0.0):
+            return True
+        now = time.time()
+        if hold(self.store, key, self.owner, self.ttl_s):
+            self.expiry[key] = now + self.ttl_s
+            return True
+        self.expiry.pop(key, None)
+        return False
+
+    def lost(self, item) -> None:
+        """`item`'s lease went to another process: wait for its answer like any busy key."""
+        self.waiting[item.key] = item
+
+    def renew(self) -> None:
+        """The heartbeat: renew every lease still held (lost ones are not brought back)."""
+        now = time.time()
+        for key in renew(self.store, self.owner, self.ttl_s):
+            self.expiry[key] = now + self.ttl_s
 
     def left(self) -> int:
         """Items not handed out (budget, a fatal answer, held by a batch)."""
@@ -175,7 +218,9 @@ class LeasedQueue:
 
     def _take(self, items: list) -> None:
         by_key = {item.key: item for item in items}
+        now = time.time()
         got = lease(self.store, by_key, self.owner, self.ttl_s)
+        self.expiry.update((k, now + self.ttl_s) for k in got.mine)
         self.ready.extend(by_key[k] for k in reversed(got.mine))
         self.done.extend(got.done)
         for key in got.done:

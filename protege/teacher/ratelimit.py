@@ -32,6 +32,11 @@ BURST_S = 0.5
 """A learned limit's bucket holds half a second's worth: requests that leave spaced out may
 arrive together, so our bursts stay well inside the server's (one second's worth)."""
 
+FLOOR = {"requests": 1.0, "tokens": 100.0}
+"""Stated limits (per minute) below these are not believed: no endpoint serves fewer, and one
+stating `x-ratelimit-limit-requests: 0.01` would pace a job at a request every 100 minutes.
+Such a statement is ignored (the configured limits pace the job) and said once (`notices`)."""
+
 REMEMBER_S = 24 * 3600.0
 """How long stated limits are trusted without a probe (an account's tier can change)."""
 
@@ -149,13 +154,28 @@ class Pacer:
         self.known = asyncio.Event()
         self.observed = False  # an answer (or a 429) has been seen in this job
         self.limits = ServerLimits()
+        self.notices: list[str] = []  # limits stated but not believed, one line each
         if learn and remembered is not None:  # stated to an earlier job: no probe
-            self.limits = ServerLimits(*remembered)
+            self.limits = self._believable(ServerLimits(*remembered))
+            remembered = (self.limits.limit_requests, self.limits.limit_tokens)
             self.requests = self._tighten(self.requests, rpm, remembered[0])
             self.tokens = self._tighten(self.tokens, tpm, remembered[1])
         if not learn or remembered is not None:
             self.known.set()
         self.probing = False
+
+    def _believable(self, limits: ServerLimits) -> ServerLimits:
+        """`limits` without a stated limit below its floor (said once in `notices`)."""
+        for kind in ("requests", "tokens"):
+            stated = getattr(limits, f"limit_{kind}")
+            if stated is not None and stated < FLOOR[kind]:
+                line = (f"the endpoint states x-ratelimit-limit-{kind}: {stated:g} a minute, below "
+                        f"{FLOOR[kind]:g}: not believed; paced by teacher.rpm / teacher.tpm")  # fmt: skip
+                if line not in self.notices:
+                    self.notices.append(line)
+                setattr(limits, f"limit_{kind}", None)
+                setattr(limits, f"remaining_{kind}", None)
+        return limits
 
     async def acquire(self, tokens: float) -> None:
         """Wait until one request of `tokens` tokens may be sent."""
@@ -171,7 +191,7 @@ class Pacer:
 
     def observe(self, headers: Mapping[str, str] | None, status: int = 200) -> None:
         """Learn from one answer's headers (None: no answer at all, e.g. a dropped connection)."""
-        limits = ServerLimits.from_headers(headers)
+        limits = self._believable(ServerLimits.from_headers(headers))
         if headers is not None:
             self.observed = True  # and `limits` stays unknown where the endpoint states none
         if limits.known:

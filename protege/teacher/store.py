@@ -22,6 +22,7 @@ from typing import Any
 
 from protege.errors import ProtegeError
 from protege.paths import teacher_db_path
+from protege.teacher.store_file import StoreOpenError, cannot_open, create_private, refuse_empty
 
 
 def request_key(model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
@@ -203,21 +204,24 @@ class TeacherStore:
     """A connection to the store. Use from one thread (the event loop's).
 
     The store holds prompts and paid answers: its directory is created 700 and its files
-    (database, WAL, shared memory) are kept 600. Answers a failed write left in a file beside
-    it (`rescue.py`) are imported when it opens.
+    (database, WAL, shared memory) are kept 600. Answers a failed write left in a file for it
+    (`rescue.py`: beside it, in the working or the temp directory) are imported when it opens.
     """
 
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path else teacher_db_path()
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not self.path.exists():  # created private before SQLite opens it
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
-        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        self._wal()
-        # NORMAL in WAL mode: a commit survives a killed process (the OS holds it); only a power
-        # cut can drop the last commits, and it never corrupts the file.
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.migrate()
+        if not create_private(self.path):
+            refuse_empty(self.path)
+        try:
+            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self._wal()
+            # NORMAL in WAL mode: a commit survives a killed process (the OS holds it); only a
+            # power cut can drop the last commits, and it never corrupts the file.
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.migrate()
+        except sqlite3.Error as e:  # not a database, read-only, locked for good
+            raise StoreOpenError(cannot_open(self.path, e)) from None
         self._make_private()
         self.import_rescued()
 
@@ -242,19 +246,23 @@ class TeacherStore:
             except OSError:  # not there, or not ours
                 pass
 
-    def import_rescued(self) -> int:
-        """Import the files of answers a failed write left beside the store; returns the count.
-        A file is removed once its answers are committed; if the store still refuses, it stays."""
+    def import_rescued(self, extra_dirs: Iterable[str | Path] = ()) -> int:
+        """Import the files of answers a failed write left for this store (beside it, in
+        `extra_dirs`, the working or the temp directory: `rescue.py`); returns the count. A file
+        is removed once its answers are committed; if the store still refuses, it stays."""
         from protege.teacher import rescue
 
         n = 0
-        for path in rescue.pending(self.path):
+        for path in rescue.pending(self.path, [Path(d) for d in extra_dirs]):
             try:
                 items = rescue.load(path)
                 self.put_many(items)
-            except (sqlite3.Error, ValueError, KeyError, TypeError):
+            except (sqlite3.Error, OSError, ValueError, KeyError, TypeError):
                 continue
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:  # imported again next time: a paid answer is never stored twice
+                pass
             n += len(items)
         return n
 

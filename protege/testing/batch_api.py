@@ -10,7 +10,13 @@ line answered as the chat endpoint would answer it (faults included). Its limits
 ones: 50,000 requests and 200 MB per input file, one model per file, unique custom_ids; a file
 over them fails validation (status `failed`, `errors.data`). Per-batch faults, taken in order
 from `batch_faults`: `failed` (validation fails), `expired` (only the first half of the lines
-is run; the rest go to the error file as `batch_expired`). Output lines:
+is run; the rest go to the error file as `batch_expired`); and output that is not what the API
+promises, for clients that must survive it: `garbage-line` (the first output line cut in
+half), `no-custom-id` (the first line without its `custom_id`), `no-choices` (the first line a
+200 whose body has no `choices`). `api_faults` answer one Files/Batches call each, in order,
+as `OP:FAULT` (OP: upload, file, content, create, list, retrieve, cancel; FAULT: 400, 500, or
+`echo-key`, a 400 repeating the request's Authorization header as some proxies do). A batch
+removed from `batches` is one the server no longer knows (404 `batch_not_found`). Output lines:
 `{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error": null}`; a
 request the API refused goes to the error file with its error body and status code.
 """
@@ -55,8 +61,20 @@ class BatchService:
         self.content: dict[str, bytes] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self.faults: deque[str] = deque()
+        self.api_faults: deque[str] = deque()
+        self.upload_delay = 0.0  # seconds an upload takes (a large file on a slow link)
         self.submitted: Counter[str] = Counter()  # custom_id -> batches it was submitted in
         self.tasks: set[asyncio.Task] = set()
+
+    def api_fault(self, op: str, auth: str | None) -> tuple[int, bytes] | None:
+        """The next `api_faults` entry's answer if it is for `op` (taken), else None."""
+        if not self.api_faults or not self.api_faults[0].startswith(op + ":"):
+            return None
+        fault = self.api_faults.popleft().partition(":")[2]
+        if fault == "echo-key":
+            return 400, api.error(f"upstream refused the request (Authorization: {auth})",
+                                  "invalid_request_error")  # fmt: skip
+        return api.server_error() if fault == "500" else api.bad_request()
 
     # -- files -------------------------------------------------------------------------------
     def upload(self, content_type: str, body: bytes) -> tuple[int, bytes]:
@@ -196,10 +214,18 @@ class BatchService:
         batch.update(status="finalizing", finalizing_at=int(time.time()))
         await asyncio.sleep(step)
 
+        if out and fault == "no-custom-id":
+            del out[0]["custom_id"]
+        if out and fault == "no-choices":
+            del out[0]["response"]["body"]["choices"]
+
         def jsonl(rows: list[dict[str, Any]], name: str) -> str | None:
             if not rows:
                 return None
-            data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+            lines = [json.dumps(r) for r in rows]
+            if fault == "garbage-line" and rows is out:
+                lines[0] = lines[0][: len(lines[0]) // 2]
+            data = "".join(line + "\n" for line in lines).encode()
             return self._new_file(data, name, "batch_output")["id"]
 
         batch["output_file_id"] = jsonl(out, "batch_output.jsonl")

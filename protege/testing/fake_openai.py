@@ -240,8 +240,13 @@ class FakeOpenAI:
             self._send(writer, status, payload)
             return True
         if "/files" in path or "/batches" in path:
-            status, payload = self._unauthorized(headers) or self._batch_route(
-                method, path, raw, headers
+            if method == "POST" and path.rstrip("/").endswith("/files"):
+                await asyncio.sleep(self.batches.upload_delay)
+            fault = self.batches.api_fault(_batch_op(method, path), headers.get("authorization"))
+            status, payload = (
+                self._unauthorized(headers)
+                or fault
+                or self._batch_route(method, path, raw, headers)
             )
             octet = path.endswith("/content") and status == 200
             self._send(writer, status, payload,
@@ -384,6 +389,20 @@ class FakeOpenAI:
         if parts[-1] == "cancel" and method == "POST":
             return b.cancel(parts[-2])
         return 404, api.error(f"Invalid URL ({method} {path})", "invalid_request_error")
+
+
+def _batch_op(method: str, path: str) -> str:
+    """Which Files/Batches call a request is (the names `BatchService.api_faults` use)."""
+    parts = path.partition("?")[0].rstrip("/").split("/")
+    if parts[-1] == "files":
+        return "upload"
+    if parts[-1] == "content":
+        return "content"
+    if parts[-2] == "files":
+        return "file"
+    if parts[-1] == "batches":
+        return "create" if method == "POST" else "list"
+    return "cancel" if parts[-1] == "cancel" else "retrieve"
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:

@@ -60,6 +60,7 @@ class Limits:
         self.requests = Bucket(rpm) if rpm else None
         self.tokens = Bucket(tpm) if tpm else None
         self.limited = 0  # requests refused with a 429
+        self.stated: dict[str, str] = {}  # headers stated instead, whatever is enforced
 
     @staticmethod
     def cost(body: dict[str, Any]) -> int:
@@ -87,7 +88,10 @@ class Limits:
         return None
 
     def headers(self) -> str | None:
-        """The x-ratelimit-* lines for the state now; None when nothing is limited."""
+        """The x-ratelimit-* lines for the state now; None when nothing is limited. `stated`
+        replaces them (a proxy or a misconfigured server stating limits it does not keep)."""
+        if self.stated:
+            return "".join(f"{k}: {v}\r\n" for k, v in self.stated.items())
         if not (self.requests or self.tokens):
             return None
         lines = []

@@ -11,10 +11,13 @@ import json
 import os
 import platform
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from protege.data.io import write_json
+from protege.errors import ProtegeError
 from protege.formats import TaskConfig, save_task
 
 META_FILE = "protege_meta.json"
@@ -85,14 +88,40 @@ def save_model_dir(student, task: TaskConfig, meta: dict[str, Any], dest: str | 
     protege_meta.json, written atomically."""
     dest = Path(dest)
     tmp = dest.with_name(f".{dest.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    student.save(student.model, tmp)
-    save_task(task, tmp)
-    write_json(tmp / META_FILE, meta)
-    replace_dir(tmp, dest)
+    with _room(tmp, dest):
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        student.save(student.model, tmp)
+        save_task(task, tmp)
+        write_json(tmp / META_FILE, meta)
+        replace_dir(tmp, dest)
     return dest
+
+
+@contextmanager
+def _room(tmp: Path, dest: Path) -> Iterator[None]:
+    """A checkpoint the disk cannot take (full, read-only, a file size limit) is one line
+    naming it, never a traceback; its half-written temp dir goes (freeing what it took), and
+    the checkpoints already there are left as they were."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, SafetensorError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and not _io_error(e):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        raise ProtegeError(
+            f"{dest}: cannot write the checkpoint ({why}); free some space and rerun: the run "
+            f"resumes from the last checkpoint written"
+        ) from None
+
+
+def _io_error(e: RuntimeError) -> bool:
+    """torch.save's failed write (`PytorchStreamWriter failed writing file ...`)."""
+    return "writ" in str(e).lower() or "file" in str(e).lower()
 
 
 def save_last(accelerator, state: dict[str, Any], dest: Path) -> None:
@@ -102,11 +131,13 @@ def save_last(accelerator, state: dict[str, Any], dest: Path) -> None:
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    with _room(tmp, dest):
+        accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_json(tmp / STATE_FILE, state)
-        replace_dir(tmp, dest)
+        with _room(tmp, dest):
+            write_json(tmp / STATE_FILE, state)
+            replace_dir(tmp, dest)
     accelerator.wait_for_everyone()
 
 
