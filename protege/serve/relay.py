@@ -125,18 +125,16 @@ class TeacherRelay:
         await self.client.close()
         if self.store is not None:
             try:
-                self.cap.close()
+                self.cap.close(self.budget.reserved)  # requests sent, never answered: claimed
             except sqlite3.Error:
                 pass
             self.store.close()
 
     async def _heartbeat(self) -> None:
-        from protege.teacher.leases import renew
-
         while True:
             await asyncio.sleep(self.cfg.lease_s / 3)
             try:
-                renew(self.store, self.run_id, self.cfg.lease_s)
+                self.cap.heartbeat()  # the spending claim stays this server's while it runs
             except sqlite3.Error as e:
                 log.warning(f"teacher store: could not renew the spending claim ({e})")
 
