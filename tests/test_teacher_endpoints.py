@@ -118,8 +118,22 @@ def test_a_fatal_stop_counts_requests_refused_apart_from_those_never_sent(tmp_pa
             run_generate(cfg)
         sent = len(server.log)
     refused = int(str(e.value).split(" refused, ")[0].rsplit(" ", 1)[1])
-    assert refused == sent
+    assert refused == sent == 1  # the first job's probe: nothing more after its 404 (was 16)
     assert f"{30 - sent} not sent" in str(e.value)
+
+
+def test_the_probe_learns_every_parameter_rule_before_the_others_are_sent(tmp_path):
+    """A model that refuses max_tokens, then temperature: only the probe hears each 400 (before,
+    the 15 other workers were let go after the first and were all refused the temperature)."""
+    with FakeOpenAI() as server:
+        cfg = _cfg(server.base_url, tmp_path, limit=30)
+        cfg.teacher.model = "gpt-5-mini"
+        result = run_generate(cfg)
+        refusals = [e["fault"] for e in server.log if e["fault"]]
+    assert result.n_written == 30 and cfg.teacher.concurrency == 16
+    assert refusals == ["unsupported_parameter", "unsupported_value"]
+    prov = _rows(tmp_path / "out.jsonl")[0]["provenance"]
+    assert prov["params"] == {"max_completion_tokens": 400, "seed": 123}  # what was sent
 
 
 def _old_store(path, rows, evidence):

@@ -105,7 +105,18 @@ def export(model_dir, fmt, quantization, output, check) -> None:
 def serve(ctx, model_dir, host, port, api_key_file, api_key, allowed_host, cors_origin,
           max_batch_size, max_batch_tokens, max_wait_ms, max_body_bytes, max_input_chars,
           max_connections, header_timeout, reject_delay, fast, device, threads) -> None:  # fmt: skip
-    """Serve the student in MODEL_DIR over HTTP: POST /v1/predict, /healthz, /metrics."""
+    """Serve the student in MODEL_DIR over HTTP: POST /v1/predict, /healthz, /metrics.
+
+    \b
+    POST /v1/predict  {"inputs": [{"premise": ..., "hypothesis": ...} or "text", ...],
+                       "rationale": false}
+                  ->  {"predictions": [{"label": ..., "text": ...}, ...]}
+    A record has the fields of the task's input_template; a string is the source as is.
+    Classifier students add "scores"; "rationale": true adds a rationale student's
+    "rationale". Errors: 400/413/422 with {"error": "one line"}.
+    GET /healthz: {"status": "ok", "task", "format", "labels"}; GET /metrics: Prometheus.
+    After `protege run`, RUN_DIR/best.json names the checkpoint to serve.
+    """
     from click.core import ParameterSource
 
     from protege.serve.predictor import Predictor

@@ -133,7 +133,7 @@ def build_variants_report(
     if missing:
         table.paragraphs.append(f"Not evaluated yet: {', '.join(missing)}.")
     links = Section("Variant reports")
-    links.paragraphs += [f"[{v}]({v}/report/report.html)" for v in variants]
+    links.paragraphs += [f"[{v}](../{v}/report/report.html)" for v in variants]
     report = Report(
         f"protege report: {run_dir.name} ({len(variants)} students)",
         [f"run directory: `{run_dir}`", f"variants: {', '.join(variants)}"],

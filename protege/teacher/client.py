@@ -358,12 +358,13 @@ async def call_all(
                 work.close()
 
     async def call_one(req: Request) -> tuple[Answer, dict[str, Any]] | None:
-        error, tries, fixes = "", 0, 0
+        error, tries, fixes, fixed = "", 0, 0, False
         canonical = {**(req.params or job_params), **extras}
         params = rules.apply(canonical)
         tokens = (req.est_tokens or req.worst_prompt_tokens) + cfg.max_tokens
         while tries <= cfg.max_retries and not halted():
-            await pacer.acquire(tokens)
+            await pacer.acquire(tokens, probe=fixed)
+            fixed = False
             if halted():  # stopped while waiting for its turn: not sent
                 break
             params = rules.apply(canonical)
@@ -384,7 +385,6 @@ async def call_all(
                 continue
             except RequestError as e:
                 answered[0] = True
-                pacer.observe(e.headers, e.error.status)
                 if e.kind == FIX and fixes < len(canonical):
                     fix = rules.learn(e.error.as_dict())
                     if fix:
@@ -394,8 +394,11 @@ async def call_all(
                             pass  # a rule not remembered is learned again next run
                         report.learned.append(f"{cfg.model_name}: {fix[0]} -> {fix[1]}")
                     if rules.apply(canonical) != params:  # learned here or by another worker
-                        fixes += 1
+                        # a probe tries again at once, the others still waiting for its answer
+                        pacer.observe(e.headers, e.error.status, release=False)
+                        fixes, fixed = fixes + 1, True
                         continue
+                pacer.observe(e.headers, e.error.status)
                 if e.kind == FATAL:
                     fatal.append(e.error)
                     fatal_keys.add(req.key)
