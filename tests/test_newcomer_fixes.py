@@ -49,6 +49,26 @@ def test_train_cnn_config_reads_what_the_cnn_recipe_writes():
     assert cfg.dev_data == f"{run_dir}/data/dev.jsonl"  # renamed rows, not the raw hub split
 
 
+def test_export_of_the_default_minilm_student_is_refused_saying_what_to_do(tmp_path):
+    """CTranslate2 has no converter for BERT2BERT; the README no longer claims one."""
+    import shutil
+
+    from protege.formats import save_task
+    from protege.student import resolve_model
+
+    model = tmp_path / "minilm"
+    model.mkdir()
+    shutil.copy(Path(resolve_model("protege:minilm-encdec")) / "config.json", model)
+    save_task(TaskConfig(format="label"), model)
+    res = CliRunner().invoke(main, ["export", str(model)])
+    assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1
+    assert "has no CTranslate2 converter: serve it as it is" in res.output
+    assert (
+        "`protege:minilm-encdec`, a BERT2BERT, has no CTranslate2 converter"
+        in (ROOT / "README.md").read_text()
+    )
+
+
 def test_eval_of_a_train_output_dir_says_what_to_do(tmp_path):
     out = tmp_path / "try"
     out.mkdir()
