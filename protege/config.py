@@ -129,12 +129,31 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(f"override {key}: cannot parse {raw!r}: {e}") from e
         node = data
         parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {key}: {part} is not a mapping")
-        node[parts[-1]] = value
+        for i, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                node = node[_list_index(node, part, key, ".".join(parts[:i]))]
+            else:
+                node = node.setdefault(part, {})
+            if not isinstance(node, dict | list):
+                raise ConfigError(f"override {key}: {part} is not a mapping or a list")
+        if isinstance(node, list):
+            node[_list_index(node, parts[-1], key, ".".join(parts[:-1]))] = value
+        else:
+            node[parts[-1]] = value
     return data
+
+
+def _list_index(items: list, part: str, key: str, where: str) -> int:
+    """A list item named in an override: by position (`variants.0`) or by its `name`
+    (`generate.explain-train`)."""
+    if part.lstrip("-").isdigit() and -len(items) <= int(part) < len(items):
+        return int(part)
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and str(item.get("name")) == part:
+            return i
+    names = [str(x["name"]) for x in items if isinstance(x, dict) and "name" in x]
+    known = f"0..{len(items) - 1}" + (f" or {', '.join(names)}" if names else "")
+    raise ConfigError(f"override {key}: {where} has no item {part!r} (use {known})")
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -215,12 +215,13 @@ def _student_stages(
             f"{prefix}eval",
             eval_fp,
             [sub / "eval" / "summary.json"],
-            lambda: _evaluate(recipe, sub, test_path, teacher_file),
+            lambda: _evaluate(recipe, sub, test_path, teacher_file, extra),
         )
         report = sub / "report" / "report.html"
         gen_fps = [stages.done.get(k) for k in sorted(stages.done) if k.startswith("generate:")]
         report_fp = fingerprint(eval_fp, recipe.report, gen_fps)
         stages.run(f"{prefix}report", report_fp, [report], lambda: _report(recipe, sub, run))
+        write_best(sub)
         return report
 
     return procs.main_only(evaluate_and_report)
@@ -258,6 +259,26 @@ def _calibrate(train_dir: Path, dev_path: Path) -> None:
             "threshold": cal.threshold, "coverage": cal.coverage, "agreement": cal.agreement,
         }  # fmt: skip
     write_json(train_dir / "calibration.json", found)
+
+
+def write_best(sub: Path) -> Path | None:
+    """`RUN_DIR/best.json`: the checkpoint with the best dev score (the one the report leads
+    with, chosen without looking at test), to serve or export; None before evaluation."""
+    from protege.report.sections import RunFiles
+    from protege.report.views import best_student
+
+    run = RunFiles(sub, sub / "report")
+    best = best_student(run)
+    if best is None:
+        return None
+    model_dir = sub / "train" / best["name"]
+    write_json(sub / "best.json", {
+        "model_dir": str(model_dir), "checkpoint": best["name"], "model": best.get("model"),
+        "chosen_by": f"dev {run.metric}", "dev": best.get("dev"),
+        f"test_{run.metric}": (best.get("test") or {}).get(run.metric),
+        "serve": f"protege serve {model_dir}",
+    })  # fmt: skip
+    return sub / "best.json"
 
 
 def _require_every_row(out: Path, test: Path, step: str) -> None:
@@ -350,15 +371,29 @@ def _train(cfg: dict[str, Any]) -> None:
     run_train(from_dict(TrainConfig, cfg))
 
 
-def _evaluate(recipe: RecipeConfig, run: Path, test: Path, teacher_file: Path | None) -> None:
-    from protege.evaluate import Decoding, evaluate_run
+def _evaluate(
+    recipe: RecipeConfig, run: Path, test: Path, teacher_file: Path | None, extra: dict | None
+) -> None:
+    from protege.evaluate import evaluate_run
 
-    kwargs = dict(recipe.eval)
-    decoding = dict(kwargs.get("decoding") or {})
-    # Test decodes as dev selection did (train.generation), unless eval.decoding says otherwise.
-    decoding.setdefault("num_beams", (recipe.train.get("generation") or {}).get("num_beams", 1))
-    kwargs["decoding"] = from_dict(Decoding, decoding, "eval.decoding")
+    kwargs = {**recipe.eval, "decoding": eval_decoding(recipe, extra)}
     evaluate_run(run, test, recipe.task, teacher_file=teacher_file, **kwargs)
+
+
+def eval_decoding(recipe: RecipeConfig, extra: dict | None = None, given: dict | None = None):
+    """How a student (a variant's: `extra` is its `train`) decodes on test: `eval.decoding`,
+    with the number of beams dev selection used (`train.generation`) unless it says otherwise,
+    and `given` (the command line's) on top. Its `max_new_tokens` is for students that write
+    rationales: a label-only student (format `label`) decodes within its label budget."""
+    from protege.evaluate import Decoding
+
+    decoding = dict(recipe.eval.get("decoding") or {})
+    train = {**recipe.train, **(extra or {})}
+    decoding.setdefault("num_beams", (train.get("generation") or {}).get("num_beams", 1))
+    fmt = {**to_dict(recipe.task), **(train.get("task") or {})}.get("format")
+    if recipe.task.type == "classification" and fmt == "label":
+        decoding.pop("max_new_tokens", None)
+    return from_dict(Decoding, {**decoding, **(given or {})}, "eval.decoding")
 
 
 def _report(recipe: RecipeConfig, sub: Path, run: Path) -> None:

@@ -176,6 +176,47 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> RecipeConfig:
     return recipe
 
 
+def shadowed_overrides(recipe: RecipeConfig, overrides: list[str]) -> list[str]:
+    """One line per override a variant or a teacher step sets for itself, so that it does not
+    reach them (`train.epochs=1` when a variant's `train` sets `epochs`): said, not ignored."""
+    lines = []
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        section, _, rest = key.partition(".")
+        if not rest:
+            continue
+        if section == "train":
+            owners = [("variants", v.name, v.train) for v in recipe.variants]
+        elif section == "teacher":
+            owners = [("generate", s.name, s.config.get("teacher") or {}) for s in recipe.generate]
+            owners.append(
+                ("teacher_zeroshot", "", recipe.teacher_zeroshot.config.get("teacher") or {})
+            )
+        else:
+            continue
+        hit = [(kind, name) for kind, name, own in owners if _has_path(own, rest.split("."))]
+        if not hit:
+            continue
+        kind = hit[0][0]
+        where = f"{kind}.{hit[0][1]}." if hit[0][1] else f"{kind}."
+        inner = f"train.{rest}" if section == "train" else f"config.teacher.{rest}"
+        names = ", ".join(n or kind for _, n in hit)
+        reach = "has no effect" if len(hit) == len(owners) else "does not reach them"
+        lines.append(
+            f"override {key}: {names} set{'s' if len(hit) == 1 else ''} it themselves, so it "
+            f"{reach} (override theirs: {where}{inner}=...)"
+        )
+    return lines
+
+
+def _has_path(data: Any, parts: list[str]) -> bool:
+    for part in parts:
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return True
+
+
 def hub_query(data: DataConfig, split: str) -> HubQuery:
     """How to read `split` when its source is a hub dataset: the recipe's split and config
     names, and its length filter and row cap applied before rows are read (columns by their

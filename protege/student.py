@@ -20,6 +20,7 @@ as it was), so seeds vary the initialisation, not only data order and dropout.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from protege.errors import ProtegeError
@@ -268,7 +269,7 @@ def load_student(name_or_dir: str | Path, seed: int | None = None):
         )
     try:
         tok = load_tokenizer(path)
-        model = AutoModelForSeq2SeqLM.from_pretrained(path)
+        model = _model_class(path, AutoModelForSeq2SeqLM).from_pretrained(path)
     except (OSError, ValueError, RuntimeError) as e:  # includes safetensors' own errors
         raise ProtegeError(f"cannot load student {name_or_dir!r}: {_first_line(e)}") from e
     except Exception as e:
@@ -289,6 +290,32 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spie
 
 def _first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _model_class(path: str, auto):
+    """`auto`, or for a BERT2BERT (`EncoderDecoderModel`) the class that loads it without
+    reporting its encoder's pooler missing: it is never saved (`drop_unused_pooler`)."""
+    import json
+
+    config = Path(path) / "config.json"
+    if (
+        not config.is_file()
+        or json.loads(config.read_text()).get("model_type") != "encoder-decoder"
+    ):
+        return auto
+    return _poolerless()
+
+
+@functools.cache
+def _poolerless():
+    from transformers import EncoderDecoderModel
+
+    class PoolerlessEncoderDecoderModel(EncoderDecoderModel):
+        """A BERT2BERT whose encoder has no pooler in its checkpoint (it is never used)."""
+
+        _keys_to_ignore_on_load_missing = [r"^encoder\.pooler\."]
+
+    return PoolerlessEncoderDecoderModel
 
 
 def drop_unused_pooler(model) -> None:

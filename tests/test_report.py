@@ -71,7 +71,7 @@ def test_report_has_every_section_filled(evaluated_run):
         "-25.0 points accuracy" in md
     )
     assert "| teacher-zeroshot | gpt-test | 12 | 11 | 1 | 1 | 12 | 0 | $0.0022 | 0.80 |" in md
-    assert "No local teacher store" in md  # this test's store is empty
+    assert "No answers of this run in the local teacher store" in md  # its store is empty
     # Classification run: the ROUGE section says why it is empty rather than vanishing.
     assert "ROUGE table" not in md  # not applicable to a classification run: left out
     pngs = sorted(p.name for p in (evaluated_run / "report").glob("*.png"))

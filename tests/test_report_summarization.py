@@ -120,6 +120,6 @@ def test_variants_report_compares_students_with_teacher(summ_run):
         if line.startswith(("| gold", "| synthetic", "| teacher zero-shot"))
     ]
     assert [r.split("|")[1].strip() for r in rows] == ["gold", "synthetic", "teacher zero-shot"]
-    assert "[gold](gold/report/report.html)" in md
+    assert "[gold](../gold/report/report.html)" in md  # from RUN/report/
     html = (summ_run / "report" / "report.html").read_text()
-    assert "<a href='gold/report/report.html'>gold</a>" in html
+    assert "<a href='../gold/report/report.html'>gold</a>" in html

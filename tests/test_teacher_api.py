@@ -103,7 +103,11 @@ def test_store_key_is_canonical_whatever_name_is_sent(tmp_path):
                 req = json.loads(request)
                 assert req["params"] == params  # canonical, part of the key
                 assert req["sent"] == {"max_completion_tokens": 400, "seed": 123}
-                assert key == request_key("gpt-5-mini", req["messages"], params)
+                assert req["endpoint"] == server.base_url  # the answer's endpoint
+                assert key == request_key("gpt-5-mini", req["messages"], params,
+                                          endpoint=req["endpoint"])  # fmt: skip
+            prompt_keys = {k for (k,) in store.db.execute("SELECT prompt_key FROM responses")}
+            assert request_key("gpt-5-mini", req["messages"], params) in prompt_keys
         calls = len(server.log)
         assert run_generate(cfg).n_calls == 0 and len(server.log) == calls
 
@@ -113,19 +117,23 @@ def test_an_answer_stored_under_an_old_key_is_reused(tmp_path):
         cfg = _cfg(server, tmp_path, model="gpt-5-mini", limit=1)
         dry = run_generate(GenerateConfig(**{**cfg.__dict__, "dry_run": True}))
         assert dry.n_requests == 1
-        # an answer recorded by an older protege, keyed by the canonical request
+        # an answer recorded by an older protege for this endpoint, keyed by the canonical
+        # request (what it sent then does not matter)
         from protege.generate.recipes import Template, get_recipe
         from protege.generate.run import _context, load_inputs
+        from protege.teacher.endpoints import endpoint_id
 
         recipe = get_recipe("explain")
         template = Template(recipe.path)
         record = load_inputs(cfg, recipe, template)[0]
         messages = template.messages(_context(cfg, template, record))
-        key = request_key(
-            "gpt-5-mini", messages, {"max_tokens": 400, "temperature": 0.2, "seed": 123}
-        )
+        params = {"max_tokens": 400, "temperature": 0.2, "seed": 123}
+        here = endpoint_id(server.base_url)
+        key = request_key("gpt-5-mini", messages, params, endpoint=here)
         with TeacherStore() as store:
-            store.put(Answer(key, "gpt-5-mini", "ok", text="recorded before"), {})
+            store.put(Answer(key, "gpt-5-mini", "ok", text="recorded before"),
+                      {"model": "gpt-5-mini", "messages": messages, "params": params,
+                       "endpoint": here})  # fmt: skip
         result = run_generate(cfg)
         assert (result.n_calls, result.n_cached, result.n_written) == (0, 1, 1)
         assert server.log == []
@@ -145,7 +153,7 @@ def test_fatal_answer_stops_the_job_keeping_what_was_answered(tmp_path, fault, m
         cfg = _cfg(server, tmp_path, limit=12, teacher={"concurrency": 1, "max_retries": 5})
         with pytest.raises(TeacherFatal, match=match) as err:
             run_generate(cfg)
-        assert "stopped: 2 answers stored, 10 requests not sent" in str(err.value)
+        assert "stopped: 2 answers stored, 1 refused, 9 not sent" in str(err.value)
         assert "\n" not in str(err.value)
         assert len(server.log) == 3  # no retries of a fatal answer, nothing sent after it
         with TeacherStore() as store:

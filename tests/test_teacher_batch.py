@@ -138,7 +138,8 @@ def test_a_batch_created_but_not_recorded_is_found_by_its_metadata(tmp_path):
         reqs = {}
         for r in records:
             m = template.messages(_context(cfg, template, r))
-            reqs.setdefault(request_key("fake-model", m, tcfg.params()), m)
+            here = tcfg.endpoint_id(None)  # the endpoint a run keys its answers by
+            reqs.setdefault(request_key("fake-model", m, tcfg.params(), endpoint=here), m)
         requests = [Request(k, m, 100) for k, m in reqs.items()]
         # a run of this host whose process is gone: the rerun drives its batch at once
         pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],

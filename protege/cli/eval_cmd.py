@@ -62,7 +62,9 @@ def _print_metrics(title: str, metrics: dict, speed: dict | None) -> None:
 @click.option("--max-new-tokens", type=int, default=None, help="Default: by task format.")
 @click.option("--num-beams", default=1, show_default=True)
 @HOURLY
+@click.pass_context
 def eval_command(
+    ctx: click.Context,
     target: Path,
     data: str | None,
     test: str | None,
@@ -76,8 +78,9 @@ def eval_command(
     """Score a student MODEL_DIR on --data, or every checkpoint of a RUN_DIR.
 
     A model dir (it has protege_task.json) writes metrics JSON and predictions JSONL next to
-    --out (default: MODEL_DIR/eval/). A run dir (it has train/results.json) writes
-    RUN_DIR/eval/summary.json, with paired tests against the baseline and the teacher row.
+    --out (default: MODEL_DIR/eval/). A run dir of `protege run` writes RUN_DIR/eval/summary.json
+    (with variants: each RUN_DIR/<variant>/eval/summary.json), with paired tests against the
+    baseline and the teacher row; decoding as the recipe's `eval:` says, unless given here.
     """
     from protege.evaluate import Decoding, evaluate_model, evaluate_run
     from protege.formats import TASK_FILE
@@ -102,15 +105,62 @@ def eval_command(
         _print_metrics(f"{target} on {data}", result["metrics"], result["speed"])
         click.echo(f"metrics: {out}\npredictions: {out.parent / 'predictions.jsonl'}")
         return
-    if not (target / "train" / "results.json").exists():
+    given = {name: value for name, value in (("batch_size", batch_size),
+             ("max_new_tokens", max_new_tokens), ("num_beams", num_beams))
+             if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}  # fmt: skip
+    for sub in run_dirs(target):
+        teacher_file = teacher or _teacher_file(target)
+        summary = evaluate_run(sub, test or data, teacher_file=teacher_file,
+                               decoding=run_decoding(target, sub, given),
+                               hourly_price_usd=hourly_price)  # fmt: skip
+        _print_run(summary)
+        click.echo(f"summary: {sub / 'eval' / 'summary.json'}")
+
+
+def run_dirs(target: Path) -> list[Path]:
+    """The run dirs under TARGET: itself, or its variants' sub-runs (`protege run` with
+    `variants:`); a `protege train` output dir or anything else is refused in one line."""
+    from protege.config import read_yaml
+    from protege.formats import TASK_FILE
+
+    if (target / "train" / "results.json").exists():
+        return [target]
+    recipe = read_yaml(target / "recipe.yaml") if (target / "recipe.yaml").exists() else {}
+    names = [v.get("name") for v in recipe.get("variants") or [] if isinstance(v, dict)]
+    subs = [target / n for n in names if (target / n / "train" / "results.json").exists()]
+    if subs:
+        return subs
+    if (target / "results.json").exists():
         raise ProtegeError(
-            f"{target}: neither a model dir ({TASK_FILE}) nor a run dir (train/results.json)"
+            f"{target}: a `protege train` output; score a checkpoint with `protege eval "
+            f"{target}/<id>/best-accuracy --data TEST` (ids in {target}/results.md); a whole "
+            "run's evaluation and report come with `protege run RECIPE`"
         )
-    summary = evaluate_run(
-        target, test or data, teacher_file=teacher, decoding=decoding, hourly_price_usd=hourly_price
+    raise ProtegeError(
+        f"{target}: neither a model dir ({TASK_FILE}) nor a run dir of `protege run` "
+        "(train/results.json, or variants with theirs)"
     )
-    _print_run(summary)
-    click.echo(f"summary: {target / 'eval' / 'summary.json'}")
+
+
+def _teacher_file(run_dir: Path) -> Path | None:
+    from protege.evaluate.run_eval import TEACHER_FILE
+
+    return run_dir / TEACHER_FILE if (run_dir / TEACHER_FILE).exists() else None
+
+
+def run_decoding(run_dir: Path, sub: Path, given: dict):
+    """Decoding for a run's evaluation: as `protege run` decoded (`pipeline.eval_decoding`), so
+    the checkpoints it scored are read back, with what the command line gave on top."""
+    from protege.config import from_dict, read_yaml
+    from protege.evaluate import Decoding
+    from protege.pipeline import eval_decoding
+    from protege.recipe import RecipeConfig
+
+    if not (run_dir / "recipe.yaml").exists():
+        return from_dict(Decoding, given, "decoding")
+    recipe = from_dict(RecipeConfig, read_yaml(run_dir / "recipe.yaml"), "recipe.yaml")
+    extra = next((v.train for v in recipe.variants if v.name == sub.name and sub != run_dir), None)
+    return eval_decoding(recipe, extra, given)
 
 
 def _print_run(summary: dict) -> None:
@@ -152,10 +202,16 @@ def _print_run(summary: dict) -> None:
     help="Assumed $/hour of the student's machine (default: the one eval used).",
 )
 def report_command(run_dir: Path, hourly_price: float | None) -> None:
-    """Write RUN_DIR/report/report.md and report.html (plots embedded) for a run."""
-    from protege.report import build_report
+    """Write RUN_DIR/report/report.md and report.html (plots embedded) for a run; with
+    variants, each variant's report and the report that compares them."""
+    from protege.report import build_report, build_variants_report
 
-    out = build_report(run_dir, hourly_price_usd=hourly_price)
+    subs = run_dirs(run_dir)
+    for sub in subs:
+        out = build_report(sub, hourly_price_usd=hourly_price)
+    if subs != [run_dir]:
+        names = [sub.name for sub in subs]
+        out = build_variants_report(run_dir, names, hourly_price_usd=hourly_price)
     click.echo(f"report: {out / 'report.html'}\n        {out / 'report.md'}")
 
 

@@ -19,16 +19,29 @@ from protege.cli.common import overrides_argument
 @click.option(
     "--check", is_flag=True, help="Validate the recipe and every stage config; run nothing."
 )
-def run(recipe: str, overrides: tuple[str, ...], force: bool, check: bool) -> None:
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Price every teacher step (online and batch) and list what would train; call nothing.",
+)
+def run(recipe: str, overrides: tuple[str, ...], force: bool, check: bool, dry_run: bool) -> None:
     """Run RECIPE end to end: data -> teacher -> train (grid) -> eval -> report.
 
     Unchanged stages are skipped; KEY=VALUE arguments override any recipe field
-    (e.g. `train.epochs=1 run_dir=runs/try`).
+    (e.g. `train.epochs=1 run_dir=runs/try`); list items by index or name
+    (`variants.0.train.epochs=1`, `generate.explain-train.config.max_cost=2`).
     """
     from protege.pipeline import run_recipe
-    from protege.recipe import load_recipe, validate_recipe
+    from protege.recipe import load_recipe, shadowed_overrides, validate_recipe
 
     cfg = load_recipe(recipe, list(overrides))
+    for line in shadowed_overrides(cfg, list(overrides)):
+        click.secho(f"warning: {line}", fg="yellow", err=True)
+    if dry_run:
+        from protege.plan import plan_lines, plan_recipe
+
+        click.echo("\n".join(plan_lines(*plan_recipe(cfg))))
+        return
     if check:
         validate_recipe(cfg)
         click.echo(f"{recipe}: ok ({len(cfg.generate)} teacher steps, run dir {cfg.run_dir})")

@@ -137,10 +137,16 @@ def serve(ctx, model_dir, host, port, api_key_file, api_key, allowed_host, cors_
     """Serve the student in MODEL_DIR over HTTP.
 
     \b
-    POST /v1/chat/completions, GET /v1/models   OpenAI's API: change the app's base_url only
-    POST /v1/predict   {"inputs": [record or string, ...], "rationale": false}
-                       -> {"predictions": [{"label", "text", "score", "scores"?, "rationale"?}]}
-    GET /healthz, /metrics (Prometheus)
+    POST /v1/chat/completions, GET /v1/models: OpenAI's API (change the app's base_url only):
+                  the student's input is read out of the teacher prompt (--prompt-template)
+    POST /v1/predict  {"inputs": [{"premise": ..., "hypothesis": ...} or "text", ...],
+                       "rationale": false}
+                  ->  {"predictions": [{"label": ..., "text": ..., "score": ...}, ...]}
+    A record has the fields of the task's input_template; a string is the source as is.
+    Label scoring adds "scores"; "rationale": true adds a rationale student's
+    "rationale". Errors: 400/413/422 with {"error": "one line"}.
+    GET /healthz: {"status": "ok", "task", "format", "labels"}; GET /metrics: Prometheus.
+    After `protege run`, RUN_DIR/best.json names the checkpoint to serve.
 
     With --teacher (and --target-agreement or --threshold) the teacher answers what the
     student is unsure of, and its answers are stored as training data.

@@ -32,12 +32,15 @@ def generate(config, recipe, input_, output, teacher, model, base_url, concurren
     protege generate -c generate.yaml teacher.concurrency=32 --dry-run
 
     Every answer is kept in the teacher store; a rerun sends only what is missing. A YAML with
-    a top-level `generate:` section (a recipe) is read from that section.
+    a top-level `generate:` mapping is read from that section; a recipe (its `generate:` a list
+    of steps) is priced step by step with --dry-run, and run with `protege run RECIPE`.
     """
     from protege.config import apply_overrides, from_dict, read_yaml
     from protege.generate import GenerateConfig, run_generate
 
     data = read_yaml(config) if config else {}
+    if isinstance(data.get("generate"), list):
+        return _recipe_dry_run(config, overrides, dry_run)
     if isinstance(data.get("generate"), dict):
         data = data["generate"]
     flags = {
@@ -58,6 +61,22 @@ def generate(config, recipe, input_, output, teacher, model, base_url, concurren
     _print_result(result)
     if result.n_failed or result.n_skipped:
         raise click.exceptions.Exit(1)
+
+
+def _recipe_dry_run(path: str, overrides: tuple[str, ...], dry_run: bool | None) -> None:
+    """`generate -c RECIPE --dry-run`: price every teacher step of a recipe."""
+    from protege.errors import ConfigError
+    from protege.plan import plan_lines, plan_recipe
+    from protege.recipe import load_recipe
+
+    if not dry_run:
+        raise ConfigError(
+            f"{path}: a recipe; its teacher steps run with `protege run {path}` (their data "
+            "comes from the recipe's splits); add --dry-run to price them here"
+        )
+    steps, _ = plan_recipe(load_recipe(path, list(overrides)))
+    lines = plan_lines(steps, [])
+    click.echo("\n".join(lines[: lines.index("would train:")]))
 
 
 def _print_result(r) -> None:
@@ -157,11 +176,13 @@ def stats(as_json: bool, by: str | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from protege.teacher.endpoints import by_endpoint, describe
     from protege.teacher.spend import get_cap, spend_by, total_spent
     from protege.teacher.store import TeacherStore
 
     with TeacherStore() as store:
         rows = store.stats()
+        endpoints = by_endpoint(store)
         spends = {what: spend_by(store, what) for what in ("day", "model", "run")}
         cap, spent, path = get_cap(store), total_spent(store), store.path
     if as_json:
@@ -172,7 +193,14 @@ def stats(as_json: bool, by: str | None) -> None:
     table = Table(title=str(path))
     for col in ("model", "calls", "ok", "failed", "imported", "input tok", "output tok", "cost",
                 "mean latency"):  # fmt: skip
-        table.add_column(col, justify="left" if col == "model" else "right")
+        if col == "model":  # whole names, wrapped where the terminal is narrow: never cut
+            table.add_column(
+                col,
+                overflow="fold",
+                min_width=min(24, max(map(len, ["model"] + [r["model"] for r in rows]))),
+            )
+        else:
+            table.add_column(col, justify="right")
     for r in rows:
         latency = f"{r['mean_latency_s']:.3f}s" if r["mean_latency_s"] is not None else "-"
         table.add_row(r["model"], *(str(r[k]) for k in ("calls", "ok", "failed", "imported",
@@ -180,6 +208,13 @@ def stats(as_json: bool, by: str | None) -> None:
     console = Console()
     if not by:
         console.print(table)
+        t = Table(title="answers by endpoint (teacher.reuse_answers_from takes these ids)",
+                  box=None)  # fmt: skip
+        for col in ("endpoint", "model", "ok answers"):
+            t.add_column(col, overflow="fold", justify="right" if col == "ok answers" else "left")
+        for eid, model, n in endpoints:
+            t.add_row(describe(eid or ""), model, str(n))
+        console.print(t)
     for what, items in spends.items():
         t = Table(title=f"spend by {what}", box=None)
         cols = [what, "calls", "ok", "cost"] + (["wrote"] if what == "run" else [])
@@ -189,7 +224,7 @@ def stats(as_json: bool, by: str | None) -> None:
             extra = [str(r.get("label") or "-")] if what == "run" else []
             t.add_row(str(r[what]), str(r["calls"]), str(r["ok"]), f"${r['cost_usd']:.4f}", *extra)
         console.print(t)
-    limit = f"cap ${cap:.2f}, ${max(0.0, cap - spent):.4f} left" if cap is not None else "no cap"
+    limit = f"cap {_usd(cap)}, ${max(0.0, cap - spent):.4f} left" if cap is not None else "no cap"
     console.print(f"spent ${spent:.4f} in all; {limit} (`protege teacher cap set DOLLARS`)")
 
 
@@ -210,7 +245,19 @@ def cap_set(dollars: float) -> None:
     with TeacherStore() as store:
         set_cap(store, dollars)
         spent = total_spent(store)
-    click.echo(f"cap ${dollars:.2f} (spent so far ${spent:.4f})")
+    click.echo(f"cap {_usd(dollars)} (spent so far ${spent:.4f})")
+    if dollars < spent:
+        click.secho(
+            f"warning: the cap {_usd(dollars)} is below what the store has spent already "
+            f"(${spent:.4f}): no paid request is sent until it is raised",
+            fg="yellow",
+            err=True,
+        )
+
+
+def _usd(dollars: float) -> str:
+    """Dollars as set, not rounded to cents: $5.00, $0.002."""
+    return f"${dollars:.2f}" if round(dollars, 2) == dollars else f"${dollars:.6f}".rstrip("0")
 
 
 @cap.command("clear")

@@ -32,6 +32,7 @@ def send(
     params: dict[str, Any] | None = None,
     extras: dict[str, Any] | None = None,
     on_ok: Callable[[Answer], None] | None = None,
+    rules=None,
 ) -> CallReport:
     """Send `requests` with a live progress bar (done / cached / failed / cost); `on_ok` is
     told of each good answer as it arrives (the output rows are made while others wait)."""
@@ -77,7 +78,8 @@ def send(
 
         async def go():
             client = ChatClient(tcfg, base_url, api_key)
-            kw = {"run_id": run_id, "params": params, "extras": extras, "progress": progress}
+            kw = {"run_id": run_id, "params": params, "extras": extras, "progress": progress,
+                  "rules": rules}  # fmt: skip
             # answers a full store refuses are saved beside it, else beside the output
             kw["rescue_dirs"] = [Path(str(cfg.output)).parent]
             try:

@@ -90,6 +90,11 @@ class GenerateResult:
     """Where the price came from: config, genai-prices, free (local/replay); None: unknown."""
     learned: list[str] = field(default_factory=list)
     """Parameter rules learned from the endpoint's 400s in this job (kept in the store)."""
+    endpoint: str | None = None
+    """The endpoint id the answers are stored under (`teacher/endpoints.py`)."""
+    answered_elsewhere: dict[str, int] = field(default_factory=dict)
+    """Prompts still to send that other endpoints answered: endpoint id -> count (not used
+    unless `teacher.reuse_answers_from` names it)."""
     dry_run: bool = False
     errors: list[str] = field(default_factory=list)
     """A few of the failures, for the summary."""

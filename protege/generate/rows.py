@@ -52,6 +52,7 @@ def output_row(
         row["flagged"] = flag
     row["provenance"] = {
         "model": answer.model,
+        "endpoint": answer.endpoint,
         "system_fingerprint": answer.system_fingerprint,
         "template_hash": template.hash,
         "params": params,

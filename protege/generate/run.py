@@ -31,6 +31,8 @@ from protege.generate.recipes import Recipe, Template, get_recipe
 from protege.generate.rows import output_row
 from protege.generate.schema import label_schema, response_format
 from protege.teacher.cost import estimate_prompt_tokens, worst_prompt_tokens
+from protege.teacher.endpoints import answered_elsewhere, endpoint_key, lookup
+from protege.teacher.params import ParamRules
 from protege.teacher.prices import pricing, unknown_price
 from protege.teacher.replay import replay_miss
 from protege.teacher.spend import get_cap
@@ -96,28 +98,37 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
     params, schema = job_params(cfg, recipe)
     samples = tcfg.self_consistency if recipe.confidence else 1
 
+    eid = tcfg.endpoint_id(tcfg.read_key())  # answers are this endpoint's (endpoints.py)
     keys: list[list[str]] = []  # per record: its request keys (k for self-consistency)
     distinct: dict[str, list[dict[str, str]]] = {}
+    prompt_keys: dict[str, str] = {}  # store key -> the request's key at any endpoint
     key_params: dict[str, dict[str, Any]] = {}
     for record in records:
         messages = template.messages(_context(cfg, template, record))
         mine = []
         for i, p in enumerate(sample_params(params, samples)):
-            key = request_key(model, messages, p)
+            prompt_key = request_key(model, messages, p)
+            key = endpoint_key(prompt_key, eid) if eid else prompt_key
             mine.append(key)
             distinct.setdefault(key, messages)
+            prompt_keys[key] = prompt_key
             if i:
                 key_params[key] = p
         keys.append(mine)
 
     result = GenerateResult(output=str(cfg.output), n_records=len(records), dry_run=cfg.dry_run)
-    result.n_requests = len(distinct)
+    result.n_requests, result.endpoint = len(distinct), eid
+    reuse = tcfg.reuse_answers_from
     with TeacherStore() as store:
         if cfg.output:  # answers a full disk made an earlier run leave beside its output
             store.import_rescued([Path(str(cfg.output)).parent])
-        stored = store.get_many(distinct)
+        stored = lookup(store, prompt_keys, eid, reuse)
         todo = [k for k in distinct if k not in stored or stored[k].status != "ok"]
         result.n_cached = len(distinct) - len(todo)
+        if todo and eid:
+            result.answered_elsewhere = dict(
+                answered_elsewhere(store, (prompt_keys[k] for k in todo), eid, reuse)
+            )
         result.est_input_tokens = sum(estimate_prompt_tokens(distinct[k]) for k in todo)
         result.est_output_tokens = tcfg.max_tokens * len(todo)
         price = pricing(tcfg)
@@ -129,6 +140,8 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
             )
         if cfg.dry_run:
             return result
+        # what the endpoint is sent (its rules, and any it teaches this job): the provenance
+        rules = ParamRules.for_config(tcfg, store.param_rules(tcfg.endpoint_url, model))
         if todo and tcfg.kind == "replay":
             first = records[next(i for i, ks in enumerate(keys) if set(ks) & set(todo))]
             where = f"{cfg.input}:{first.get('_line', '?')}"
@@ -146,9 +159,10 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
                 if recipe.confidence and tcfg.logprobs
                 else None
             )
-            rows = RowMaker(cfg, recipe, template, output_field, params, schema, keys, records,
-                            stored)  # fmt: skip
-            report = send(cfg, requests, store, result.n_cached, price, params, extras, rows.add)
+            rows = RowMaker(cfg, recipe, template, output_field, rules, params, schema, keys,
+                            records, stored)  # fmt: skip
+            report = send(cfg, requests, store, result.n_cached, price, params, extras, rows.add,
+                          rules)  # fmt: skip
             result.n_calls = report.ok + report.failed
             result.n_retries = report.retries
             result.cost_usd = report.cost_usd
@@ -158,7 +172,8 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
             result.learned = report.learned
             result.n_elsewhere = report.elsewhere
             # answers this run did not see arrive (another process's) are read back
-            stored = {**store.get_many([k for k in distinct if k not in rows.fresh]), **rows.fresh}
+            others = {k: p for k, p in prompt_keys.items() if k not in rows.fresh}
+            stored = {**lookup(store, others, eid, reuse), **rows.fresh}
         done = {k for k in todo if k in stored and stored[k].status == "ok"}
         made = rows.made if todo else {}
 
@@ -177,8 +192,8 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
                 result.n_skipped += 1
             continue
         cached = not (set(mine) & done)
-        row = output_row(cfg, recipe, template, output_field, record, answers, cached, params,
-                         schema)  # fmt: skip
+        row = output_row(cfg, recipe, template, output_field, record, answers, cached,
+                         rules.apply(params), schema)  # fmt: skip
         result.n_flagged += "flagged" in row
         out_records.append(row)
     result.n_written = len(out_records)
@@ -201,10 +216,10 @@ class RowMaker:
     job's end then only writes them. A record's row is made once all its answers are in (k
     for self-consistency; one answer may serve several records)."""
 
-    def __init__(self, cfg, recipe, template, output_field, params, schema, keys, records,
-                 stored):  # fmt: skip
+    def __init__(self, cfg, recipe, template, output_field, rules, params, schema, keys,
+                 records, stored):  # fmt: skip
         self.args = (cfg, recipe, template, output_field)
-        self.params, self.schema = params, schema
+        self.rules, self.params, self.schema = rules, params, schema
         self.keys, self.records, self.stored = keys, records, stored
         self.by_key: dict[str, list[int]] = {}
         for i, mine in enumerate(keys):
@@ -220,8 +235,8 @@ class RowMaker:
             if any(a is None or a.status != "ok" for a in answers):
                 continue
             try:
-                row = output_row(*self.args, self.records[i], answers, False, self.params,
-                                 self.schema)  # fmt: skip
+                row = output_row(*self.args, self.records[i], answers, False,
+                                 self.rules.apply(self.params), self.schema)  # fmt: skip
             except Exception:  # noqa: BLE001  made again at the end, where an error is raised
                 continue
             self.made[i] = (jsonl_line(row), "flagged" in row)

@@ -139,7 +139,7 @@ def build_variants_report(
         cals.update(calibrations(run_dir / v / "train", lambda p, v=v: f"{v}: {p}"))
     cascade = cascade_section(cals, out / "cascade.png")
     links = Section("Variant reports")
-    links.paragraphs += [f"[{v}]({v}/report/report.html)" for v in variants]
+    links.paragraphs += [f"[{v}](../{v}/report/report.html)" for v in variants]
     report = Report(
         f"protege report: {run_dir.name} ({len(variants)} students)",
         [f"run directory: `{run_dir}`", f"variants: {', '.join(variants)}"],

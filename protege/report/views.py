@@ -235,7 +235,7 @@ def spend_section(run_dir: Path, title: str = "Cost and speed") -> Section:
         )
     else:
         s.paragraphs.append("No generate/*.summary.json: no teacher spend recorded for this run.")
-    store = _store_stats()
+    store = _store_stats(generate_dir(run_dir))
     if store:
         s.tables.append(
             Table(
@@ -264,12 +264,12 @@ def spend_section(run_dir: Path, title: str = "Cost and speed") -> Section:
                     ]
                     for r in store
                 ],
-                caption="Tokens and spend of every answer in the local teacher store "
-                "(all runs on this machine; imported answers cost nothing here).",
+                caption="Tokens and spend of the answers this run's teacher steps paid for, "
+                "from the local teacher store (answers another job paid for are not counted).",
             )
         )
     else:
-        s.paragraphs.append("No local teacher store: token counts are not available.")
+        s.paragraphs.append("No answers of this run in the local teacher store.")
     return s
 
 
@@ -343,8 +343,9 @@ def cost_section(run: RunFiles, hourly_price_usd: float | None) -> Section:
     return s
 
 
-def _store_stats() -> list[dict[str, Any]]:
-    """Per-model totals from the teacher store, when that module and its database exist."""
+def _store_stats(generate: Path) -> list[dict[str, Any]]:
+    """Per-model totals of the answers paid for by the jobs that wrote into `generate` (the
+    store's `runs` record what each job wrote), when the teacher store exists."""
     try:
         from protege.paths import teacher_db_path
         from protege.teacher.store import TeacherStore
@@ -352,7 +353,23 @@ def _store_stats() -> list[dict[str, Any]]:
         return []
     if not teacher_db_path().exists():
         return []
+    here = generate.resolve()
     try:
-        return list(TeacherStore().stats())
+        with TeacherStore() as store:
+            runs = [i for i, label in store.db.execute("SELECT id, label FROM runs")
+                    if label and here in Path(label).resolve().parents]  # fmt: skip
+            runs += [f"batch:{b}" for (b,) in store.db.execute(
+                f"SELECT id FROM batches WHERE run_id IN ({','.join('?' * len(runs))})", runs)]  # fmt: skip
+            rows = store.db.execute(
+                f"""SELECT model, COUNT(*), SUM(status='ok'), SUM(status='failed'),
+                    COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0),
+                    COALESCE(SUM(cost_usd), 0), AVG(latency_s), SUM(source='import')
+                FROM responses WHERE run_id IN ({",".join("?" * len(runs))})
+                GROUP BY model ORDER BY model""",
+                runs,
+            ).fetchall()
     except Exception:  # a store from another version: the run's own files still report spend
         return []
+    keys = ("model", "calls", "ok", "failed", "input_tokens", "output_tokens", "cost_usd",
+            "mean_latency_s", "imported")  # fmt: skip
+    return [dict(zip(keys, row, strict=True)) for row in rows]

@@ -68,7 +68,9 @@ def export_ct2(
         raise ProtegeError(
             f"{model_dir}: CTranslate2 export supports T5 and BART students, not {kind!r}"
             + (
-                " (EncoderDecoderModel/BERT2BERT has no converter)"
+                " (a BERT2BERT EncoderDecoderModel, such as protege:minilm-encdec, has no "
+                "CTranslate2 converter: serve it as it is, `protege serve MODEL_DIR`, or train "
+                "a T5/BART student, e.g. model=t5-small, for an int8 export)"
                 if kind == "encoder-decoder"
                 else ""
             )

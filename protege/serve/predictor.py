@@ -145,6 +145,13 @@ class TorchBackend:
         return self.tok.batch_decode(out, skip_special_tokens=True)
 
 
+def no_rationale(task) -> str | None:
+    """Why a student cannot give a rationale (trained on labels only), or None."""
+    if task.type == "classification" and task.format == "label":
+        return "this student was trained on labels only (format label): it writes no rationale"
+    return None
+
+
 class Predictor:
     """A loaded student: `predict(inputs, with_rationale=False)`, batched."""
 
@@ -222,6 +229,8 @@ class Predictor:
     def predict(
         self, inputs: list[dict[str, Any] | str], with_rationale: bool = False, fast: bool = True
     ) -> list[dict[str, Any]]:
+        if with_rationale and no_rationale(self.task):
+            raise ProtegeError(no_rationale(self.task))
         sources = [self.source(x) for x in inputs]
         out: list[dict[str, Any]] = []
         for i in range(0, len(sources), self.batch_size):

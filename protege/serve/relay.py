@@ -2,8 +2,8 @@
 
 Used by `protege proxy` (every request) and by the cascade of `protege serve --teacher ...`
 (the requests the student is unsure of). Each request is keyed as `generate` keys its own
-(model, messages, canonical parameters): an identical request already answered is served from
-the store at no cost; a new answer is stored as it arrives, with its usage and cost, so stored
+(model, messages, canonical parameters, and the endpoint: `endpoints.py`): an identical request
+this endpoint already answered is served from the store at no cost; a new answer is stored as it arrives, with its usage and cost, so stored
 traffic becomes training data (`protege traffic export`). The key is never stored.
 
 What the teacher answers goes back to the application unchanged (its status, body and
@@ -103,6 +103,7 @@ class TeacherRelay:
         self.cfg, self.base_url, self.api_key, self.source = cfg, base_url, api_key, source
         self.max_cost, self.label = max_cost, label
         self.price: Pricing | None = pricing(cfg)
+        self.endpoint = cfg.endpoint_id(api_key)  # answers are this endpoint's (endpoints.py)
         self.store: TeacherStore | None = None
         self.spent = 0.0
         self.calls = 0
@@ -149,9 +150,13 @@ class TeacherRelay:
     async def answer(self, body: dict[str, Any]) -> Relayed:
         """The teacher's answer to a checked chat request body (see the module docstring)."""
         model, messages = self.cfg.model_name, body["messages"]
+        from protege.teacher.endpoints import lookup
+
         params = canonical_params(body)
-        key = request_key(model, messages, params)
-        stored = self.store.get(key)
+        prompt_key = request_key(model, messages, params)
+        key = request_key(model, messages, params, self.endpoint)
+        stored = lookup(self.store, {key: prompt_key}, self.endpoint,
+                        self.cfg.reuse_answers_from).get(key)  # fmt: skip
         if (
             stored is not None
             and stored.status == "ok"
@@ -173,7 +178,7 @@ class TeacherRelay:
             if answer is not None:
                 request = {"model": model, "messages": messages, "params": params,
                            "sent": {k: v for k, v in body.items() if k not in ("messages",)},
-                           "endpoint": self.base_url}  # fmt: skip
+                           "endpoint": self.endpoint}  # fmt: skip
                 try:
                     self.store.put(answer, request)
                 except sqlite3.Error as e:  # the application still gets its answer

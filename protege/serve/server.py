@@ -35,7 +35,7 @@ from typing import Any
 from protege.errors import DataError, ProtegeError
 from protege.serve.batcher import Batcher
 from protege.serve.metrics import Metrics
-from protege.serve.predictor import Predictor
+from protege.serve.predictor import Predictor, no_rationale
 
 log = logging.getLogger("protege.serve")
 
@@ -205,6 +205,8 @@ def create_app(predictor: Predictor, cfg: ServeConfig, cascade=None):
     async def predict(request: Request):
         authorise(request)
         payload = parse_body(await read_body(request, cfg), cfg)
+        if payload["rationale"] and no_rationale(predictor.task):
+            raise RequestError(422, f"field 'rationale': {no_rationale(predictor.task)}", "invalid")
         sources = [
             input_source(predictor, item, i, cfg) for i, item in enumerate(payload["inputs"])
         ]

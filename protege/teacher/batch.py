@@ -127,7 +127,7 @@ class BatchRunner:
             request = {"model": self.cfg.model_name, "messages": req.messages,
                        "params": req.params or params,
                        "sent": self.rules.apply({**(req.params or params), **extras})
-                       if req.params else wire}  # fmt: skip
+                       if req.params else wire, "endpoint": self.client.endpoint}  # fmt: skip
             bodies[req.key] = request
             lines.append((req.key, request_line(req.key, request)))
         worst = {req.key: self._worst(req) for req in requests}

@@ -92,6 +92,11 @@ class RetryableError(Exception):
         self.wait_s, self.headers, self.status = wait_s, headers, status
 
 
+class Unreachable(RetryableError):
+    """No connection at all (refused, name not resolved, TLS failed): fatal until the endpoint
+    has answered once in the job, a passing failure after that."""
+
+
 class RequestError(Exception):
     """An error answer that retrying as is cannot fix: a parameter to fix, a failed request, or
     a fatal one (`failures.classify`)."""
@@ -126,6 +131,7 @@ class ChatClient:
         self.secrets = [api_key]  # redacted from every error kept or shown
         self.openai = openai
         self.base_url, self.api_key = base_url or cfg.endpoint_url, api_key
+        self.endpoint = cfg.endpoint_id(api_key)  # what its answers are stored under
         self.headers = {} if api_key else {"Authorization": openai.Omit()}
         self.url = self.base_url.rstrip("/") + "/chat/completions"
         # The headers the SDK sends (its platform telemetry aside); no key: no Authorization.
@@ -207,6 +213,8 @@ class ChatClient:
                 status, headers, content = response.status, response.headers, await response.read()
         except TimeoutError as e:
             raise RetryableError(f"timeout after {self.cfg.timeout_s:g}s") from e
+        except aiohttp.ClientConnectorError as e:
+            raise Unreachable(redact(f"{type(e).__name__}: {e}", self.secrets)) from e
         except aiohttp.ClientError as e:
             cause = redact(f"{type(e).__name__}: {e}", self.secrets)
             raise RetryableError(f"connection error: {cause}") from e
@@ -271,12 +279,16 @@ async def call_all(
         learned = store.param_rules(cfg.endpoint_url, cfg.model_name)
         rules = ParamRules.for_config(cfg, learned)
     fatal: list[ApiError] = []
+    fatal_keys: set[str] = set()
+    unreachable: list[str] = []  # no connection before the endpoint ever answered: stop
+    answered = [False]  # the endpoint has answered (anything) in this job
+    refused: list[Request] = []  # sent, answered fatally
     unsent: list[Request] = []
     store_error: list[str] = []  # the first failed write: nothing more is sent
     unwritten: list[tuple[Answer, dict[str, Any]]] = []
 
     def halted() -> bool:
-        return bool(fatal or store_error)
+        return bool(fatal or store_error or unreachable)
 
     def cost(tin: int, tout: int, cached: int = 0) -> float:
         return pricing.cost(tin, tout, cached) if pricing else 0.0
@@ -298,10 +310,12 @@ async def call_all(
         unwritten.extend(batch)
 
     def record(answer: Answer, req: Request, sent: dict[str, Any]) -> None:
+        answer.endpoint = client.endpoint
         if not pending:
             loop.call_soon(flush)  # everything answered in this tick shares one commit
         request = {"model": answer.model, "messages": req.messages,
-                   "params": req.params or job_params, "sent": sent}  # fmt: skip
+                   "params": req.params or job_params, "sent": sent,
+                   "endpoint": client.endpoint}  # fmt: skip
         pending.append((answer, request))
 
     async def next_request() -> Request | None:
@@ -326,7 +340,7 @@ async def call_all(
                 continue
             if result is None:  # stopped (fatal answer, failed write): not answered
                 budget.settle(worst, 0.0)
-                unsent.append(req)
+                (refused if req.key in fatal_keys else unsent).append(req)
                 continue
             answer, sent = result
             budget.settle(worst, answer.cost_usd)
@@ -352,12 +366,15 @@ async def call_all(
                 work.close()
 
     async def call_one(req: Request) -> tuple[Answer, dict[str, Any]] | object | None:
-        error, tries, fixes = "", 0, 0
+        error, tries, fixes, fixed = "", 0, 0, False
         canonical = {**(req.params or job_params), **extras}
         params = rules.apply(canonical)
         tokens = (req.est_tokens or req.worst_prompt_tokens) + cfg.max_tokens
         while tries <= cfg.max_retries and not halted():
-            await pacer.acquire(tokens)
+            await pacer.acquire(tokens, probe=fixed)
+            fixed = False
+            if halted():  # stopped while waiting for its turn: not sent
+                break
             try:
                 if not work.still_mine(req.key):  # leased long ago: is it still ours?
                     return LOST
@@ -372,13 +389,17 @@ async def call_all(
                 pacer.observe(headers)
             except RetryableError as e:
                 pacer.observe(e.headers, e.status)
+                if isinstance(e, Unreachable) and not answered[0]:
+                    unreachable.append(str(e))  # a typo in the URL, or no server: stop now
+                    return None
+                answered[0] = answered[0] or not isinstance(e, Unreachable)
                 error, tries = str(e), tries + 1
                 if tries <= cfg.max_retries:
                     report.retries += 1
                     await asyncio.sleep(backoff(tries - 1, cfg.backoff_s, e.wait_s))
                 continue
             except RequestError as e:
-                pacer.observe(e.headers, e.error.status)
+                answered[0] = True
                 if e.kind == FIX and fixes < len(canonical):
                     fix = rules.learn(e.error.as_dict())
                     if fix:
@@ -388,14 +409,19 @@ async def call_all(
                             pass  # a rule not remembered is learned again next run
                         report.learned.append(f"{cfg.model_name}: {fix[0]} -> {fix[1]}")
                     if rules.apply(canonical) != params:  # learned here or by another worker
-                        fixes += 1
+                        # a probe tries again at once, the others still waiting for its answer
+                        pacer.observe(e.headers, e.error.status, release=False)
+                        fixes, fixed = fixes + 1, True
                         continue
+                pacer.observe(e.headers, e.error.status)
                 if e.kind == FATAL:
                     fatal.append(e.error)
+                    fatal_keys.add(req.key)
                     return None
                 failed = Answer(req.key, cfg.model_name, "failed", error=str(e),
                                 attempts=tries + fixes + 1, run_id=run_id)  # fmt: skip
                 return failed, params
+            answered[0] = True
             latency = time.monotonic() - start
             choice = body["choices"][0]
             tin, tout, cached, reasoning = usage_counts(body.get("usage") or {})
@@ -445,17 +471,24 @@ async def call_all(
     report.in_batch = len(work.in_batch)
     for _ in range(report.elsewhere):
         on_answer("elsewhere", None)
-    report.skipped = work.left() - len(work.in_batch) + len(unsent)
+    report.skipped = work.left() - len(work.in_batch) + len(unsent) + len(refused)
     for _ in range(report.skipped + report.in_batch):
         on_answer("skipped", None)
     if store_error:
         raise _store_failed(store, store_error[0], unwritten, report, rescue_dirs)
+    refusals = f"{len(refused)} refused, " if refused else ""
+    stopped = (
+        f"(stopped: {report.ok} answers stored, {refusals}{report.skipped - len(refused)} "
+        "not sent; a rerun sends only what is missing)"
+    )
     if fatal:
         served = await client.models() if fatal[0].status == 404 else None
         line = fatal_message(fatal[0], cfg.model_name, cfg.endpoint_url, cfg.key_env, served)
+        raise TeacherFatal(f"{line} {stopped}")
+    if unreachable:
         raise TeacherFatal(
-            f"{line} (stopped: {report.ok} answers stored, {report.skipped} requests not sent; "
-            "a rerun sends only what is missing)"
+            f"teacher: cannot connect to {client.base_url} ({unreachable[0]}); check "
+            f"teacher.base_url and that the server is up {stopped}"
         )
     return report
 

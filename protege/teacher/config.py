@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -82,6 +83,9 @@ class TeacherConfig:
     self_consistency: int = 1
     """label recipe: ask k times (seeds seed..seed+k-1) and keep the majority label, with the
     share of agreeing answers as its confidence (for endpoints without logprobs)."""
+    reuse_answers_from: list[str] = field(default_factory=list)
+    """Other endpoints whose stored answers this job may use (endpoint ids as `protege teacher
+    stats` lists them, `import`, or `any`); by default only this endpoint's own answers count."""
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -116,6 +120,23 @@ class TeacherConfig:
     def endpoint_url(self) -> str:
         """The base URL requests go to (a local teacher's is only known once it runs)."""
         return self.base_url or ("local" if self.kind == "local" else OPENAI_URL)
+
+    def endpoint_id(self, api_key: str | None) -> str | None:
+        """The id this teacher's answers are stored under (`endpoints.endpoint_id`): `local` or
+        `local:<gguf>` for the local teacher, None for replay (it reads any endpoint's)."""
+        from protege.teacher.endpoints import endpoint_id
+
+        if self.kind == "replay":
+            return None
+        if self.kind == "local" and not self.base_url:
+            return f"local:{Path(self.gguf).resolve()}" if self.gguf else "local"
+        return endpoint_id(self.endpoint_url, api_key)
+
+    def read_key(self) -> str | None:
+        """This endpoint's key (`key_env`, else the keys file), or None."""
+        from protege.teacher.keys import get_key
+
+        return get_key(self.key_env) if self.key_env else None
 
     @property
     def key_env(self) -> str | None:

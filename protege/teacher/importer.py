@@ -1,8 +1,9 @@
 """Recorded answers: `protege teacher import` puts existing teacher outputs into the store.
 
-An imported answer is keyed exactly like a live request (model, messages, parameters), so a
-later `generate` with the replay teacher — or any teacher — with the same prompt, model and
-parameters finds it and pays nothing.
+An imported answer is keyed like a live request (model, messages, parameters), under the
+endpoint `import`: a later `generate` with the replay teacher, or with a live teacher told
+`teacher.reuse_answers_from: [import]`, finds it for the same prompt, model and parameters and
+pays nothing; a live teacher never takes it for its own endpoint's answer by itself.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from protege.config import from_dict
 from protege.data.io import read_records, require_fields
 from protege.teacher.config import TeacherConfig
+from protege.teacher.endpoints import IMPORTED
 from protege.teacher.store import Answer, TeacherStore, request_key
 
 
@@ -40,9 +42,10 @@ def import_answers(
     for r in records:
         messages = [{"role": "system", "content": system}] if system else []
         messages.append({"role": "user", "content": str(r[prompt_field])})
-        key = request_key(model, messages, request_params)
+        key = request_key(model, messages, request_params, endpoint=IMPORTED)
         answer = Answer(key, model, "ok", text=str(r[response_field]), source="import")
-        items.append((answer, {"model": model, "messages": messages, "params": request_params}))
+        request = {"model": model, "messages": messages, "params": request_params}
+        items.append((answer, {**request, "endpoint": IMPORTED}))
     own = store is None
     store = store or TeacherStore()
     try:

@@ -177,9 +177,10 @@ class Pacer:
                 setattr(limits, f"remaining_{kind}", None)
         return limits
 
-    async def acquire(self, tokens: float) -> None:
-        """Wait until one request of `tokens` tokens may be sent."""
-        if not self.known.is_set():
+    async def acquire(self, tokens: float, probe: bool = False) -> None:
+        """Wait until one request of `tokens` tokens may be sent (`probe`: the probe's own
+        next try, sent before the others are let go)."""
+        if not self.known.is_set() and not probe:
             if self.probing:
                 await self.known.wait()
             else:
@@ -189,8 +190,12 @@ class Pacer:
         if self.tokens:
             await self.tokens.acquire(tokens)
 
-    def observe(self, headers: Mapping[str, str] | None, status: int = 200) -> None:
-        """Learn from one answer's headers (None: no answer at all, e.g. a dropped connection)."""
+    def observe(
+        self, headers: Mapping[str, str] | None, status: int = 200, release: bool = True
+    ) -> None:
+        """Learn from one answer's headers (None: no answer at all, e.g. a dropped connection);
+        `release=False` keeps the others waiting (the probe is retried with a fixed parameter,
+        so that they are not sent with the one the endpoint refused)."""
         limits = self._believable(ServerLimits.from_headers(headers))
         if headers is not None:
             self.observed = True  # and `limits` stays unknown where the endpoint states none
@@ -212,7 +217,8 @@ class Pacer:
             for bucket in (self.requests, self.tokens):
                 if bucket and wait:
                     bucket.block(wait)
-        self.known.set()
+        if release:
+            self.known.set()
 
     def _tighten(
         self, bucket: RateLimiter | None, cap: float | None, stated: float | None

@@ -1,10 +1,11 @@
 """The teacher store: every request and answer in one SQLite database.
 
-Key = hash of the canonical request (model, messages, sampling parameters), so the same prompt
-to the same model with the same parameters is answered once, whoever asks (a live run, a replay,
-an import). WAL mode and one commit per answer: a SIGKILL at any moment loses at most the
-answers still in flight and never corrupts the file. The schema changes only through the
-ordered `MIGRATIONS` list; `PRAGMA user_version` says how many have run.
+Key = hash of the canonical request (model, messages, sampling parameters) and of the endpoint
+that answers it (`endpoints.py`): the same request to the same endpoint is answered once,
+whoever asks; other endpoints' answers are used only when asked for. WAL mode and one commit
+per answer: a SIGKILL at any moment loses at most the answers still in flight and never
+corrupts the file. The schema changes only through the ordered `MIGRATIONS` list;
+`PRAGMA user_version` says how many have run.
 """
 
 from __future__ import annotations
@@ -22,18 +23,31 @@ from typing import Any
 
 from protege.errors import ProtegeError
 from protege.paths import teacher_db_path
+from protege.teacher.endpoints import endpoint_key
 from protege.teacher.store_file import StoreOpenError, cannot_open, create_private, refuse_empty
 
 
-def request_key(model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
-    """sha256 of the canonical JSON of a request: what identifies an answer."""
+def request_key(
+    model: str,
+    messages: list[dict[str, str]],
+    params: dict[str, Any],
+    endpoint: str | None = None,
+) -> str:
+    """The store key of an answer: sha256 of the request's canonical JSON (its *prompt key*),
+    then, with `endpoint`, sha256 of the endpoint id and that (`endpoints.endpoint_key`).
+    `endpoint` is `endpoints.endpoint_id(base_url, api_key)` of the server that answers (the
+    base URL; for api.openai.com also the account): whatever stores answers passes it, and the
+    same id as `"endpoint"` in the request it gives `TeacherStore.put_many`. Without it: the
+    prompt key (the `prompt_key` column), the request to any endpoint, as keyed before.
+    """
     blob = json.dumps(
         {"model": model, "messages": messages, "params": params},
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,
     )
-    return hashlib.sha256(blob.encode()).hexdigest()
+    key = hashlib.sha256(blob.encode()).hexdigest()
+    return endpoint_key(key, endpoint) if endpoint else key
 
 
 def _m001_responses(db: sqlite3.Connection) -> None:
@@ -152,12 +166,24 @@ def _m005_server_limits(db: sqlite3.Connection) -> None:
     )
 
 
+def _m006_endpoints(db: sqlite3.Connection) -> None:
+    # Answers keyed by their endpoint too; old ones attributed and rekeyed (`endpoints.py`).
+    from protege.teacher.config import LOCAL_MODEL
+    from protege.teacher.endpoints import attribute_old_answers
+
+    for column in ("endpoint", "prompt_key"):  # endpoint id (NULL: unknown); its request_key
+        db.execute(f"ALTER TABLE responses ADD COLUMN {column} TEXT")
+    attribute_old_answers(db, LOCAL_MODEL)
+    db.execute("CREATE INDEX responses_prompt_key ON responses(prompt_key)")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _m001_responses,
     _m002_source,
     _m003_usage_details_and_param_rules,
     _m004_leases_runs_batches_cap,
     _m005_server_limits,
+    _m006_endpoints,
 ]
 
 
@@ -187,13 +213,14 @@ class Answer:
     """The run (or batch:<id>) that paid for it."""
     logprobs: str | None = None
     """The answer's token log-probabilities, JSON [[token, logprob], ...], where returned."""
+    endpoint: str | None = None
+    """The endpoint that gave it (`endpoints.endpoint_id`); None: stored before they were kept."""
 
 
 _COLUMNS = (
     "key, model, status, text, finish_reason, input_tokens, output_tokens, cost_usd, latency_s, "
     "system_fingerprint, error, attempts, created_at, source, cached_tokens, reasoning_tokens, "
-    "run_id, logprobs"
-)
+    "run_id, logprobs, endpoint")  # fmt: skip
 
 
 class StoreWriteError(ProtegeError):
@@ -315,14 +342,20 @@ class TeacherStore:
         self, items: list[tuple[Answer, dict[str, Any]]], owner: str | None = None, extra=None
     ) -> None:
         """Record answers in one transaction (one commit for everything that arrived together),
-        ending `owner`'s leases on them; `extra(db)` runs inside the same transaction."""
+        ending `owner`'s leases on them; `extra(db)` runs inside the same transaction.
+        Requests are {model, messages, params, endpoint (the id the key was made with)...}."""
         now = time.time()
+        for a, req in items:
+            a.endpoint = a.endpoint or req.get("endpoint")
         rows = [
             (
                 a.key, a.model, json.dumps(req, ensure_ascii=False), a.status, a.text,
                 a.finish_reason, a.input_tokens, a.output_tokens, a.cost_usd, a.latency_s,
                 a.system_fingerprint, a.error, a.attempts, a.created_at or now, now, a.source,
                 a.cached_tokens, a.reasoning_tokens, a.run_id, a.logprobs,
+                a.endpoint,
+                request_key(req["model"], req["messages"], req.get("params") or {})
+                if "messages" in req else a.key,
             )
             for a, req in items
         ]  # fmt: skip
@@ -332,8 +365,8 @@ class TeacherStore:
                 """INSERT INTO responses (key, model, request, status, text, finish_reason,
                     input_tokens, output_tokens, cost_usd, latency_s, system_fingerprint, error,
                     attempts, created_at, updated_at, source, cached_tokens, reasoning_tokens,
-                    run_id, logprobs)
-                VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+                    run_id, logprobs, endpoint, prompt_key)
+                VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
                 ON CONFLICT(key) DO UPDATE SET
                     status=excluded.status, text=excluded.text,
                     finish_reason=excluded.finish_reason, input_tokens=excluded.input_tokens,

@@ -115,6 +115,7 @@ def run_grid(cfg: TrainConfig) -> Path:
 
     from protege.train.trainer import cpu_ddp, train_one
 
+    require_data_files(cfg)  # before any model is built or downloaded
     out = Path(cfg.output_dir)
     state = PartialState(cpu=cpu_ddp())
     if state.is_main_process:
@@ -140,6 +141,19 @@ def run_grid(cfg: TrainConfig) -> Path:
         print(results_markdown(results))
     state.wait_for_everyone()
     return out
+
+
+def require_data_files(cfg: TrainConfig) -> None:
+    """A train or dev file that is not there stops the run at once, naming the field."""
+    from protege.data.io import is_file_source, split_source
+    from protege.errors import DataError
+
+    for name in ("train_data", "dev_data"):
+        path, _ = split_source(getattr(cfg, name))
+        if not path:
+            raise DataError(name, "not set (a data file or a hub dataset name)")
+        if is_file_source(path) and not Path(path).is_file():
+            raise DataError(path, f"no such file ({name})")
 
 
 def _fmt(value: Any, pct: bool = False) -> str:
