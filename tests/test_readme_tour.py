@@ -86,7 +86,7 @@ def test_every_command_of_the_readme_tour_runs_as_written(tmp_path, hub):
     try:
         assert fake.stdout.readline().startswith("PORT"), "the OpenAI replica did not start"
         for command in commands:
-            if command.startswith("protege serve"):
+            if command.startswith(("protege serve", "protege proxy")):
                 _serve(command, work, env)
                 continue
             start = time.monotonic()
@@ -110,13 +110,18 @@ def test_every_command_of_the_readme_tour_runs_as_written(tmp_path, hub):
 
 
 def _serve(command: str, work: Path, env: dict[str, str]) -> None:
-    """Run `protege serve ...` until it answers one prediction, then stop it (SIGINT)."""
+    """Run `protege serve ...` (or `protege proxy ...`) until it answers one prediction (and,
+    through OpenAI's API, the `label` recipe's requests), then stop it (SIGINT)."""
     port = re.search(r"--port (\d+)", command).group(1)
     server = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=work, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
         _wait_http(f"http://127.0.0.1:{port}/healthz", 120)
         rows = [json.loads(x) for x in (work / "data/nli/test.jsonl").read_text().splitlines()[:2]]
+        if "--teacher" in command:  # the proxy, or the student with the teacher behind it
+            _chat(port, rows)
+            if command.startswith("protege proxy"):
+                return
         body = {"inputs": [{k: r[k] for k in ("premise", "hypothesis")} for r in rows]}
         req = urllib.request.Request(
             f"http://127.0.0.1:{port}/v1/predict", json.dumps(body).encode(),
@@ -129,3 +134,23 @@ def _serve(command: str, work: Path, env: dict[str, str]) -> None:
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(60)
+
+
+def _chat(port: str, rows: list[dict]) -> None:
+    """The application's side of the switch: the `label` recipe's requests through the SDK."""
+    import openai
+
+    from protege.generate.recipes import Template, get_recipe
+    from protege.generate.schema import label_schema, response_format
+
+    labels = ["entailment", "neutral", "contradiction"]
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-app")
+    for r in rows:
+        messages = Template(get_recipe("label").path).messages({
+            "input": f"Premise: {r['premise']} Hypothesis: {r['hypothesis']}",
+            "labels": labels, "with_rationale": False})  # fmt: skip
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4.1-mini", messages=messages, max_completion_tokens=32,
+            response_format=response_format(label_schema(labels, False), "label"))  # fmt: skip
+        assert json.loads(raw.parse().choices[0].message.content)["label"] in labels
+        assert raw.headers["x-protege-route"] in ("student", "teacher", "cache")
