@@ -6,14 +6,15 @@ thread-safe, so the event loop and the model thread update them without a lock o
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class Metrics:
-    """Requests by path and status, errors by reason, request latency, model batch sizes."""
+    """Requests by path and status, errors by reason, request latency, model batch sizes,
+    inputs waiting and inputs dropped because their client left."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -25,6 +26,10 @@ class Metrics:
             "protege_errors", "Failed requests by reason.", ["reason"], registry=r
         )
         self.inputs = Counter("protege_inputs", "Inputs predicted.", registry=r)
+        self.queued = Gauge("protege_queued_inputs", "Inputs waiting for the model.", registry=r)
+        self.dropped = Counter(
+            "protege_dropped_inputs", "Inputs not predicted: their client left.", registry=r
+        )
         self.latency = Histogram(
             "protege_request_latency_seconds",
             "Latency of /v1/predict requests.",
