@@ -128,6 +128,23 @@ def test_classifier_onnx_int8_export_agrees_with_pytorch(classifier_dir, tmp_pat
             assert x["scores"][label] == pytest.approx(y["scores"][label], abs=0.05)
 
 
+def test_classifier_onnx_int8_answers_never_depend_on_the_batch(classifier_dir, tmp_path):
+    """Shuffled and re-batched (beside a long input that pads its batch), every input gets
+    the label and scores it gets alone."""
+    import random
+
+    out = export_student(classifier_dir, None, tmp_path / "onnx", "int8")
+    p = Predictor.load(out)
+    rows = nli_rows("dev", 40) + [{"premise": "a long day. " * 60, "hypothesis": "it ended"}]
+    alone = [p.predict([r])[0] for r in rows]
+    for batch_size in (3, 16, len(rows)):
+        for seed in range(2):
+            order = random.Random(seed).sample(range(len(rows)), len(rows))
+            batched = Predictor(p.backend, p.task, batch_size=batch_size)
+            preds = batched.predict([rows[i] for i in order])
+            assert [preds[order.index(i)] for i in range(len(rows))] == alone, batch_size
+
+
 def test_causal_ct2_export_agrees_with_pytorch(causal_dir, tmp_path):
     out = export_student(causal_dir, "ct2", tmp_path / "ct2", "float32")
     rows = nli_rows("dev", 20)
