@@ -8,10 +8,13 @@ server: clean, then the same good load while 10 poisoned clients send rejectable
 (a lone surrogate, an empty input, an over-long input, deeply nested JSON, a text/plain POST,
 a foreign Host header) and 2,000 idle half-open connections (one byte each) are held, each
 reopened a second after the server closes it. Good clients are `--clients` keep-alive
-connections, each sending one NLI row at a time. The server (one model thread) and the clients
+connections, each sending one NLI row at a time. A third run: the same good load while
+`ABANDONING` clients each post a large body (256 NLI rows, the most one request may hold), hang
+up within 200 ms and post again (queued work for clients who left); the server's
+`protege_queued_inputs` is sampled every 50 ms. The server (one model thread) and the clients
 are pinned to separate halves of the CPUs, so the clients' own work is not taken from the
-server's. Pass: good clients see 0 errors and their p99 stays within 2x of the clean run's.
-Last line: one JSON object.
+server's. Pass: in both attacks good clients see 0 errors and their p99 stays within 2x of the
+clean run's. Last line: one JSON object.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 HOSTILE = 2000
 POISONED = 10
+ABANDONING = 20
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -68,6 +72,8 @@ class Load:
         self.errors: dict[str, int] = {}
         self.poison: dict[int, int] = {}
         self.hostile_opened = 0
+        self.abandoned = 0
+        self.queue_max = 0.0
         self.stop = False
 
     def error(self, what: str) -> None:
@@ -135,11 +141,47 @@ class Load:
                 pass
             await asyncio.sleep(1.0)
 
-    async def run(self, seconds: float, clients: int, hostile: bool) -> None:
+    async def abandon(self) -> None:
+        """Post 256 rows, hang up within 200 ms (before the answer), again."""
+        body = request(json.dumps({"inputs": random.choices(self.rows, k=256)}).encode())
+        while not self.stop:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                writer.write(body)
+                await writer.drain()
+                self.abandoned += 1
+                await asyncio.sleep(random.uniform(0, 0.2))
+                writer.close()
+            except OSError:
+                await asyncio.sleep(0.05)
+
+    async def watch_queue(self) -> None:
+        """The server's inputs waiting (`/metrics`), every 50 ms: keep the largest."""
+        conn = None
+        while not self.stop:
+            try:
+                if conn is None:
+                    conn = await asyncio.open_connection("127.0.0.1", self.port)
+                reader, writer = conn
+                writer.write(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
+                size = int(head.split("content-length: ")[1].split("\r\n")[0])
+                text = (await reader.readexactly(size)).decode()
+                queued = text.split("\nprotege_queued_inputs ")[1].split("\n")[0]
+                self.queue_max = max(self.queue_max, float(queued))
+            except (OSError, asyncio.IncompleteReadError, IndexError, ValueError):
+                conn = None
+            await asyncio.sleep(0.05)
+
+    async def run(self, seconds: float, clients: int, hostile: str = "") -> None:
         tasks = []
-        if hostile:  # the attack is under way (connections held) before the good load starts
+        if hostile == "poison":  # the attack is under way (connections held) before the load
             tasks += [asyncio.create_task(self.half_open()) for _ in range(HOSTILE)]
             tasks += [asyncio.create_task(self.poisoned()) for _ in range(POISONED)]
+            await asyncio.sleep(3.0)
+        if hostile == "abandon":
+            tasks += [asyncio.create_task(self.abandon()) for _ in range(ABANDONING)]
+            tasks.append(asyncio.create_task(self.watch_queue()))
             await asyncio.sleep(3.0)
         good = [asyncio.create_task(self.good()) for _ in range(clients)]
         await asyncio.sleep(seconds)
@@ -191,7 +233,24 @@ def start_server(model: Path, port: int, log: Path) -> subprocess.Popen:
     raise SystemExit("server did not start")
 
 
-def phase(port: int, rows: list[dict], seconds: float, clients: int, hostile: bool) -> Load:
+def metrics(port: int) -> dict[str, float]:
+    """Inputs waiting now and dropped so far, from the server's /metrics."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    value = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    return {
+        "queued": value["protege_queued_inputs"],
+        "dropped": value.get("protege_dropped_inputs_total", 0.0),
+    }
+
+
+def phase(port: int, rows: list[dict], seconds: float, clients: int, hostile: str = "") -> Load:
     load = Load(port, rows)
     asyncio.run(load.run(seconds, clients, hostile))
     return load
@@ -216,9 +275,12 @@ def main() -> None:
         log = Path(tmp) / "serve.log"
         server = start_server(model, port, log)
         try:
-            phase(port, rows, 3, 16, hostile=False)  # warm up
-            clean = phase(port, rows, args.seconds, args.clients, hostile=False)
-            attacked = phase(port, rows, args.seconds, args.clients, hostile=True)
+            phase(port, rows, 3, 16)  # warm up
+            clean = phase(port, rows, args.seconds, args.clients)
+            attacked = phase(port, rows, args.seconds, args.clients, hostile="poison")
+            abandon = phase(port, rows, args.seconds, args.clients, hostile="abandon")
+            time.sleep(1.0)
+            after = metrics(port)
         finally:
             server.send_signal(signal.SIGINT)
             try:
@@ -228,8 +290,9 @@ def main() -> None:
             log_text = log.read_text(errors="replace")
     log_lines = len(log_text.splitlines())
     ratio = pct(attacked.latencies, 0.99) / pct(clean.latencies, 0.99)
+    abandon_ratio = pct(abandon.latencies, 0.99) / pct(clean.latencies, 0.99)
     print(f"{'run':<10}{'requests':>10}{'errors':>8}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}")
-    for name, load in (("clean", clean), ("hostile", attacked)):
+    for name, load in (("clean", clean), ("hostile", attacked), ("abandon", abandon)):
         n, errors = len(load.latencies), sum(load.errors.values())
         print(f"{name:<10}{n:>10}{errors:>8}{n / args.seconds:>8.0f}"
               f"{pct(load.latencies, 0.5):>9.1f}{pct(load.latencies, 0.99):>9.1f}")  # fmt: skip
@@ -237,6 +300,10 @@ def main() -> None:
     print(f"poisoned answers by status: {dict(sorted(attacked.poison.items()))}")
     print(f"half-open connections opened: {attacked.hostile_opened}; server log lines: "
           f"{log_lines}; p99 attacked / clean: {ratio:.2f} (floor: <= 2)")  # fmt: skip
+    print(f"abandoning clients: {abandon.abandoned} posts of 256 rows; good-client errors: "
+          f"{abandon.errors or 'none'}; most inputs waiting: {abandon.queue_max:.0f}; "
+          f"1 s after: {after['queued']:.0f} waiting, {after['dropped']:.0f} dropped in all; "
+          f"p99 abandon / clean: {abandon_ratio:.2f} (floor: <= 2)")  # fmt: skip
     for line in log_text.splitlines()[:5]:
         print(f"  server log: {line[:160]}")
     result = {
@@ -252,7 +319,19 @@ def main() -> None:
         "requests_clean": len(clean.latencies),
         "server_log_lines": log_lines,
         "p99_ratio": round(ratio, 2),
-        "ok": sum(attacked.errors.values()) == 0 and ratio <= 2.0,
+        "abandon_p99_ms": round(pct(abandon.latencies, 0.99), 2),
+        "abandon_p50_ms": round(pct(abandon.latencies, 0.5), 2),
+        "abandon_errors": sum(abandon.errors.values()),
+        "abandon_requests": len(abandon.latencies),
+        "abandon_posts": abandon.abandoned,
+        "abandon_queue_max": round(abandon.queue_max),
+        "abandon_queue_after": round(after["queued"]),
+        "abandon_dropped": round(after["dropped"]),
+        "abandon_p99_ratio": round(abandon_ratio, 2),
+        "ok": sum(attacked.errors.values()) == 0
+        and ratio <= 2.0
+        and sum(abandon.errors.values()) == 0
+        and abandon_ratio <= 2.0,
         "mean_ms": round(statistics.fmean(attacked.latencies), 2) if attacked.latencies else None,
     }
     print(json.dumps(result))

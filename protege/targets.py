@@ -7,7 +7,8 @@ model's decoder start token is dropped: the decoder input already begins with it
 BERT2BERT student starts decoding at [CLS]). What remains before the text (BART's `<s>`,
 which bart-base's generation config forces with `forced_bos_token_id: 0`) is the target
 *prefix*: generation emits it first, so label scoring feeds it to the decoder and a label
-budget counts it.
+budget counts it. (A causal completion is no `text_target`: a tokenizer's BOS goes before the
+prompt, never before the completion; see `students.causal.completion_affixes`.)
 """
 
 from __future__ import annotations

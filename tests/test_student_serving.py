@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 import torch
 from click.testing import CliRunner
-from serve_util import nli_rows
+from serve_util import Server, nli_rows
 
 from protege.cli import main
 from protege.formats import TaskConfig, make_examples, save_task
@@ -41,6 +42,39 @@ def fit(name: str, task: TaskConfig, out, steps: int, lr: float, n_rows: int = 3
 def causal_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("causal") / "m"
     return fit("protege:tiny-llama", TaskConfig(format="label+rationale"), out, 60, 1e-2, 24)
+
+
+def bos_tiny_llama(out):
+    """protege:tiny-llama with a tokenizer that puts a BOS before every text, as Llama-3's,
+    Gemma's and Mistral's do (`<|begin_of_text|>`), and a chat template that starts with it."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from protege.students.builtins import BUILTINS
+
+    base = BUILTINS["protege:tiny-llama"][1]()
+    tok = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    tok.add_special_tokens({"bos_token": "<|begin_of_text|>"})
+    bos = tok.bos_token_id
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<|begin_of_text|> $A",
+        pair="<|begin_of_text|> $A <|begin_of_text|> $B",
+        special_tokens=[("<|begin_of_text|>", bos)],
+    )
+    tok.chat_template = "{{ bos_token }}" + tok.chat_template
+    model.resize_token_embeddings(len(tok))
+    model.config.bos_token_id = model.generation_config.bos_token_id = bos
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def bos_causal_dir(tmp_path_factory):
+    base = bos_tiny_llama(tmp_path_factory.mktemp("bos") / "base")
+    out = tmp_path_factory.mktemp("bos") / "m"
+    return fit(str(base), TaskConfig(format="label+rationale"), out, 60, 1e-2, 24)
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +128,23 @@ def test_classifier_onnx_int8_export_agrees_with_pytorch(classifier_dir, tmp_pat
             assert x["scores"][label] == pytest.approx(y["scores"][label], abs=0.05)
 
 
+def test_classifier_onnx_int8_answers_never_depend_on_the_batch(classifier_dir, tmp_path):
+    """Shuffled and re-batched (beside a long input that pads its batch), every input gets
+    the label and scores it gets alone."""
+    import random
+
+    out = export_student(classifier_dir, None, tmp_path / "onnx", "int8")
+    p = Predictor.load(out)
+    rows = nli_rows("dev", 40) + [{"premise": "a long day. " * 60, "hypothesis": "it ended"}]
+    alone = [p.predict([r])[0] for r in rows]
+    for batch_size in (3, 16, len(rows)):
+        for seed in range(2):
+            order = random.Random(seed).sample(range(len(rows)), len(rows))
+            batched = Predictor(p.backend, p.task, batch_size=batch_size)
+            preds = batched.predict([rows[i] for i in order])
+            assert [preds[order.index(i)] for i in range(len(rows))] == alone, batch_size
+
+
 def test_causal_ct2_export_agrees_with_pytorch(causal_dir, tmp_path):
     out = export_student(causal_dir, "ct2", tmp_path / "ct2", "float32")
     rows = nli_rows("dev", 20)
@@ -103,6 +154,40 @@ def test_causal_ct2_export_agrees_with_pytorch(causal_dir, tmp_path):
     lps_t = a.backend.token_logprobs([a.source(rows[0])], a.candidates.ids)[0]
     lps_c = b.backend.token_logprobs([b.source(rows[0])], b.candidates.ids)[0]
     for x, y in zip(lps_t, lps_c, strict=True):
+        assert x == pytest.approx(y, abs=1e-3)
+
+
+def test_causal_student_whose_tokenizer_adds_a_bos_scores_labels(bos_causal_dir, tmp_path):
+    """Llama-3-style tokenizers put a BOS before every text, `text_target` included: the
+    completion still has no prefix, and PyTorch, serve and the CTranslate2 export all score."""
+    p = Predictor.load(bos_causal_dir)
+    bos = p.backend.tok.bos_token_id
+    assert p.backend.tok("x").input_ids[0] == bos  # the tokenizer does add it
+    assert p.candidates.prefix == [] and all(bos not in c for c in p.candidates.ids)
+    rows = nli_rows("dev") + nli_rows("train", 24)
+    scored, generated = p.predict(rows), p.predict(rows, fast=False)
+    assert all(s["label"] in p.task.labels for s in scored)
+    valid = [(g["label"], s["label"]) for g, s in zip(generated, scored, strict=True) if g["label"]]
+    assert len(valid) >= len(rows) // 2 and len({g for g, _ in valid}) >= 2
+    assert all(g == s for g, s in valid), [v for v in valid if v[0] != v[1]]
+    # Each candidate's log-probs are those of one plain forward pass over prompt + candidate.
+    prompt = p.backend.prompt_ids(p.source(rows[0]))
+    assert prompt[0] == bos and prompt.count(bos) == 1
+    lps = p.backend.token_logprobs([p.source(rows[0])], p.candidates.ids)[0]
+    with torch.inference_mode():
+        for c, got in zip(p.candidates.ids, lps, strict=True):
+            logits = p.backend.model(torch.tensor([prompt + c])).logits[0].log_softmax(-1)
+            want = [logits[len(prompt) - 1 + t, tok].item() for t, tok in enumerate(c)]
+            assert got == pytest.approx(want, abs=1e-4)
+    with Server(p) as s:
+        r = httpx.post(s.url + "/v1/predict", json={"inputs": rows[:8]}, timeout=60)
+    assert r.status_code == 200 and r.json()["predictions"] == scored[:8]
+    out = export_student(bos_causal_dir, "ct2", tmp_path / "ct2", "float32")
+    c = Predictor.load(out)
+    assert c.candidates.prefix == []
+    assert [x["label"] for x in c.predict(rows)] == [x["label"] for x in scored]
+    lps_c = c.backend.token_logprobs([c.source(rows[0])], c.candidates.ids)[0]
+    for x, y in zip(lps, lps_c, strict=True):
         assert x == pytest.approx(y, abs=1e-3)
 
 

@@ -96,6 +96,8 @@ def export(model_dir, fmt, quantization, output, check) -> None:
 @click.option("--max-wait-ms", default=5.0, show_default=True)
 @click.option("--max-body-bytes", default=1_000_000, show_default=True)
 @click.option("--max-input-chars", default=10_000, show_default=True)
+@click.option("--max-queued-inputs", default=4096, show_default=True,
+              help="Inputs waiting for the model; past it, 503 with Retry-After.")  # fmt: skip
 @click.option("--max-connections", default=4096, show_default=True)
 @click.option("--header-timeout", default=10.0, show_default=True, help="Seconds.")
 @click.option("--reject-delay", default=0.25, show_default=True,
@@ -131,9 +133,9 @@ def export(model_dir, fmt, quantization, output, check) -> None:
 @click.pass_context
 def serve(ctx, model_dir, host, port, api_key_file, api_key, allowed_host, cors_origin,
           max_batch_size, max_batch_tokens, max_wait_ms, max_body_bytes, max_input_chars,
-          max_connections, header_timeout, reject_delay, fast, device, threads,
-          served_model_name, prompt_template, teacher, model, base_url, max_cost, teacher_opts,
-          target_agreement, threshold, shadow) -> None:  # fmt: skip
+          max_queued_inputs, max_connections, header_timeout, reject_delay, fast, device,
+          threads, served_model_name, prompt_template, teacher, model, base_url, max_cost,
+          teacher_opts, target_agreement, threshold, shadow) -> None:  # fmt: skip
     """Serve the student in MODEL_DIR over HTTP.
 
     \b
@@ -176,6 +178,7 @@ def serve(ctx, model_dir, host, port, api_key_file, api_key, allowed_host, cors_
         max_wait_ms=max_wait_ms,
         max_body_bytes=max_body_bytes,
         max_input_chars=max_input_chars,
+        max_queued_inputs=max_queued_inputs,
         max_connections=max_connections,
         header_timeout_s=header_timeout,
         reject_delay_s=reject_delay,

@@ -38,10 +38,12 @@ class ChatError(Exception):
     """An answer in OpenAI's error shape: `{"error": {message, type, param, code}}`."""
 
     def __init__(self, status: int, message: str, param: str | None = None,
-                 code: str | None = None, type_: str = "invalid_request_error"):  # fmt: skip
+                 code: str | None = None, type_: str = "invalid_request_error",
+                 headers: dict[str, str] | None = None):  # fmt: skip
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = (
             status, message, param, code, type_)  # fmt: skip
+        self.headers = headers
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param,

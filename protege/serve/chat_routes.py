@@ -50,8 +50,9 @@ class ChatContext:
     reader: MessageReader
     served_name: str
     metrics: Metrics
-    submit: Callable[[list[str], bool], Awaitable[list[dict[str, Any]]]]
-    """The server's micro-batcher: predictions for sources (with rationale or not)."""
+    submit: Callable[[list[str], bool, Request], Awaitable[list[dict[str, Any]]]]
+    """The server's micro-batcher: predictions for sources (with rationale or not) of a
+    request (its inputs dropped if the client leaves)."""
     authorise: Callable[[Request], None]
     read_body: Callable[[Request], Awaitable[bytes]]
     source_of: Callable[[Any], str]
@@ -77,7 +78,7 @@ def add_chat_routes(app, ctx: ChatContext) -> None:
         try:
             ctx.authorise(request)
             req = parse_request(_json(await ctx.read_body(request)))
-            answer, headers = await respond(ctx, req)
+            answer, headers = await respond(ctx, req, request)
         except ctx.client_error as e:
             status = 400 if e.status == 422 else e.status
             code = "invalid_api_key" if e.status == 401 else e.kind
@@ -103,10 +104,12 @@ def _json(body: bytes) -> Any:
 def _error(e: ChatError, metrics: Metrics | None = None) -> JSONResponse:
     if metrics is not None:
         metrics.error(f"chat_{e.code or e.status}")
-    return JSONResponse(e.body(), status_code=e.status)
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
 
-async def respond(ctx: ChatContext, req: ChatRequest) -> tuple[dict[str, Any], dict[str, str]]:
+async def respond(
+    ctx: ChatContext, req: ChatRequest, request: Request
+) -> tuple[dict[str, Any], dict[str, str]]:
     """The answer to a checked request, and its headers (module docstring)."""
     task = ctx.predictor.task
     try:
@@ -118,9 +121,9 @@ async def respond(ctx: ChatContext, req: ChatRequest) -> tuple[dict[str, Any], d
     except ctx.client_error as e:
         raise ChatError(400, e.reason, "messages", e.kind) from e
     if task.type == "classification":
-        pred, content = await _classify(ctx, req, source, read.with_rationale)
+        pred, content = await _classify(ctx, req, source, read.with_rationale, request)
     else:
-        pred = (await ctx.submit([source], False))[0]
+        pred = (await ctx.submit([source], False, request))[0]
         content = text_content(pred, req)
     confidence = pred.get("score")
     cascade = ctx.cascade
@@ -156,14 +159,14 @@ async def respond(ctx: ChatContext, req: ChatRequest) -> tuple[dict[str, Any], d
     return answer, {**headers, ROUTE_HEADER: route}
 
 
-async def _classify(ctx: ChatContext, req: ChatRequest, source: str, asked: bool):
+async def _classify(ctx: ChatContext, req: ChatRequest, source: str, asked: bool, request):
     """The label by scoring (the served path) with its probabilities; where a rationale is
     asked for and the student writes one, its generated label and rationale (scored alike)."""
     task = ctx.predictor.task
-    pred = (await ctx.submit([source], False))[0]
+    pred = (await ctx.submit([source], False, request))[0]
     want = needs_rationale(req, asked)
     if want and task.format != "label":
-        gen = (await ctx.submit([source], True))[0]
+        gen = (await ctx.submit([source], True, request))[0]
         if gen.get("label"):
             scores = pred.get("scores") or {}
             pred = {

@@ -18,7 +18,7 @@ from protege.errors import ProtegeError
 from protege.formats import TASK_FILE
 from protege.serve.ct2 import QUANTIZATIONS, _ct2, model_type
 from protege.serve.predictor import CT2_CAUSAL_MARKER
-from protege.students.causal import prompt_ids
+from protege.students.causal import completion_affixes, prompt_ids
 
 
 def export_ct2_causal(
@@ -89,6 +89,9 @@ class CT2CausalBackend:
         return prompt_ids(self.tok, source, self.max_source_len)
 
     start_id = None  # no decoder start: candidates follow the prompt directly
+
+    def target_affixes(self) -> tuple[list[int], list[int]]:
+        return completion_affixes(self.tok)
 
     def token_logprobs(
         self, sources: list[str], candidates: list[list[int]], prefix: list[int] = ()

@@ -14,7 +14,8 @@ CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0
 
 
 class Metrics:
-    """Requests by path and status, errors by reason, request latency, model batch sizes."""
+    """Requests by path and status, errors by reason, request latency, model batch sizes,
+    inputs waiting and inputs dropped because their client left."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -26,6 +27,10 @@ class Metrics:
             "protege_errors", "Failed requests by reason.", ["reason"], registry=r
         )
         self.inputs = Counter("protege_inputs", "Inputs predicted.", registry=r)
+        self.queued = Gauge("protege_queued_inputs", "Inputs waiting for the model.", registry=r)
+        self.dropped = Counter(
+            "protege_dropped_inputs", "Inputs not predicted: their client left.", registry=r
+        )
         self.latency = Histogram(
             "protege_request_latency_seconds",
             "Latency of /v1/predict and /v1/chat/completions requests.",

@@ -1,9 +1,13 @@
-"""ONNX export of classifier students, run by onnxruntime (dynamic int8 quantization).
+"""ONNX export of classifier students, run by onnxruntime (int8 quantization, one scale per
+token).
 
 The export is torch's TorchScript-based ONNX exporter (no extra dependency) with dynamic batch
 and sequence axes; `int8` then quantizes the weights of MatMul/Gemm with onnxruntime's dynamic
-quantization. An export dir is self-contained: `model.onnx`, the tokenizer, config.json (the
-label names), `protege_task.json` and `protege_onnx.json` (what it was exported from, and how).
+quantization, and `per_token_activations` gives each token's activations their own scale:
+onnxruntime's dynamic quantization takes one scale over the whole padded batch, so an input's
+answer would depend on the other inputs of its micro-batch. An export dir is self-contained:
+`model.onnx`, the tokenizer, config.json (the label names), `protege_task.json` and
+`protege_onnx.json` (what it was exported from, and how).
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ def export_onnx(
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             quantize_dynamic(str(fp32), str(tmp / "model.onnx"), weight_type=QuantType.QInt8)
+            per_token_activations(tmp / "model.onnx")
             fp32.unlink()
         model.config.return_dict = True
         model.config.save_pretrained(tmp)
@@ -86,6 +91,7 @@ def export_onnx(
                 "source": str(model_dir.resolve()),
                 "kind": "classifier",
                 "quantization": quantization,
+                "activation_scales": "per token" if quantization == "int8" else None,
             },
         )
         tmp.rename(out)
@@ -93,6 +99,82 @@ def export_onnx(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def per_token_activations(path: Path) -> None:
+    """Rewrite each `DynamicQuantizeLinear` of onnxruntime's dynamic quantization (one uint8
+    scale and zero point over the whole tensor: every token of every input of the batch, its
+    padding too) into a symmetric quantization of each token's vector on its own: scale =
+    max |x| / 127 over the last axis, zero point 128. The `MatMulInteger` after it takes the
+    scalar zero point as before and its output is rescaled by the (.., 1) scale by the same
+    `Mul`s, so a token's numbers depend on that token alone, never on its batch."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    consts = {"pt_127": np.float32(127), "pt_128": np.float32(128), "pt_eps": np.float32(1e-12)}
+    consts["pt_zp"] = np.uint8(128)
+    if opset >= 18:  # ReduceMax takes its axes as an input
+        consts["pt_axes"] = np.array([-1], dtype=np.int64)
+    graph.initializer.extend(numpy_helper.from_array(np.array(v), k) for k, v in consts.items())
+    nodes, rewritten = [], set()
+    for node in graph.node:
+        if node.op_type != "DynamicQuantizeLinear":
+            nodes.append(node)
+            continue
+        (x,), (q, scale, zero) = node.input, node.output
+        rewritten |= {q, scale, zero}
+
+        def v(name: str, at: str = node.name or q) -> str:
+            return f"{at}/pt_{name}"
+
+        axes = {"axes": [-1]} if opset < 18 else {}
+        reduce_in = [v("abs")] if opset < 18 else [v("abs"), "pt_axes"]
+        nodes += [
+            helper.make_node("Abs", [x], [v("abs")]),
+            helper.make_node("ReduceMax", reduce_in, [v("max")], keepdims=1, **axes),
+            helper.make_node("Max", [v("max"), "pt_eps"], [v("max_pos")]),
+            helper.make_node("Div", [v("max_pos"), "pt_127"], [scale]),
+            helper.make_node("Div", [x, scale], [v("scaled")]),
+            helper.make_node("Round", [v("scaled")], [v("round")]),
+            helper.make_node("Add", [v("round"), "pt_128"], [v("shift")]),
+            helper.make_node("Cast", [v("shift")], [q], to=TensorProto.UINT8),
+            helper.make_node("Identity", ["pt_zp"], [zero]),
+        ]
+    # Each `Mul(cast(MatMulInteger), Mul(scale, weight scale))` becomes two: by the weight
+    # scale, then by the token's. (In the first form onnxruntime fuses it into a
+    # MatMulIntegerToFloat that reads only the first of the token scales.)
+    products = {}  # Mul(scale, weight scale) output -> (scale, weight scale)
+    for node in nodes:
+        if node.op_type == "Mul" and rewritten & set(node.input):
+            a, b = node.input
+            products[node.output[0]] = (a, b) if a in rewritten else (b, a)
+    final = []
+    for node in nodes:
+        if node.output[0] in products:
+            continue
+        scaled = [i for i in node.input if i in products]
+        if not scaled:
+            final.append(node)
+            continue
+        if node.op_type != "Mul" or len(node.input) != 2:
+            raise ProtegeError(f"ONNX int8: unexpected use of a quantization scale ({node.name})")
+        (product,), (y,) = scaled, [i for i in node.input if i != scaled[0]]
+        scale, w_scale = products[product]
+        final += [
+            helper.make_node("Mul", [y, w_scale], [f"{product}/pt_w"]),
+            helper.make_node("Mul", [f"{product}/pt_w", scale], list(node.output)),
+        ]
+    del graph.node[:]
+    graph.node.extend(final)
+    rewritten |= set(products)
+    kept = [vi for vi in graph.value_info if vi.name not in rewritten]  # shapes changed
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
+    onnx.save(model, str(path))
 
 
 class OnnxClassifierBackend:

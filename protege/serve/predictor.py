@@ -36,6 +36,8 @@ class Backend(Protocol):
     tok: Any
     start_id: int | None
     """The decoder start token (what a target prefix is told apart from)."""
+    # Optional: `target_affixes() -> (prefix, suffix)`, for a backend whose targets are not
+    # wrapped as its tokenizer wraps a `text_target` (a causal completion).
 
     def token_logprobs(
         self, sources: list[str], candidates: list[list[int]], prefix: list[int] = ()
@@ -165,8 +167,10 @@ class Predictor:
     ):
         self.backend, self.task = backend, task
         self.batch_size, self.max_new_tokens, self.rule = batch_size, max_new_tokens, rule
+        own = getattr(backend, "target_affixes", None)
+        self.affixes = own() if own else None
         self.candidates = (
-            Candidates.for_task(task, backend.tok, backend.start_id)
+            Candidates.for_task(task, backend.tok, backend.start_id, self.affixes)
             if task.type == "classification"
             else None
         )
@@ -223,7 +227,7 @@ class Predictor:
         assert self.candidates is not None
         forced_eos = bool(getattr(self.backend, "forced_eos", False))
         return Candidates.label_budget(
-            self.task, self.backend.tok, self.backend.start_id, forced_eos
+            self.task, self.backend.tok, self.backend.start_id, forced_eos, self.affixes
         )
 
     def predict(

@@ -49,8 +49,16 @@ class Candidates:
     """Tokens every target starts with (BART's `<s>`): decoder input, not scored."""
 
     @classmethod
-    def for_task(cls, task: TaskConfig, tok, decoder_start_id: int | None = None) -> Candidates:
-        prefix, suffix = target_affixes(tok, decoder_start_id)
+    def for_task(
+        cls,
+        task: TaskConfig,
+        tok,
+        decoder_start_id: int | None = None,
+        affixes: tuple[list[int], list[int]] | None = None,
+    ) -> Candidates:
+        """`affixes`: (prefix, suffix) of the model's targets where they are not what the
+        tokenizer puts around a `text_target` (a causal completion: none, then eos)."""
+        prefix, suffix = affixes or target_affixes(tok, decoder_start_id)
         if task.format == "label+rationale":
             end = tok(f" {task.rationale_name}:", add_special_tokens=False).input_ids[0]
         else:
@@ -63,7 +71,12 @@ class Candidates:
 
     @classmethod
     def label_budget(
-        cls, task: TaskConfig, tok, decoder_start_id: int | None = None, forced_eos: bool = False
+        cls,
+        task: TaskConfig,
+        tok,
+        decoder_start_id: int | None = None,
+        forced_eos: bool = False,
+        affixes: tuple[list[int], list[int]] | None = None,
     ) -> int:
         """New tokens that free generation needs to write any label so `parse_output` reads
         it, and no more: the forced prefix (BART's `<s>`), the longest label, then what ends
@@ -71,7 +84,7 @@ class Candidates:
         WordPiece tokens for MiniLM) for `label+rationale`. A generation config that forces
         the end token at the last step (`forced_eos_token_id`) would overwrite the connector's
         last token, so one more is counted there."""
-        c = cls.for_task(task, tok, decoder_start_id)
+        c = cls.for_task(task, tok, decoder_start_id, affixes)
         if task.format != "label+rationale":
             return c.max_len
         connector = tok(f" {task.rationale_name}:", add_special_tokens=False).input_ids

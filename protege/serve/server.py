@@ -12,6 +12,8 @@ No client can hurt another. Every input is checked before it is queued (one bad 
 its request a 422, nothing else); concurrent requests share fair, bounded micro-batches
 (`batcher.py`: a small request waits at most one batch behind a large one) and a failing model
 call is retried input by input; a 500 says only an error id, the traceback goes to the log.
+Inputs waiting are bounded (past `max_queued_inputs`, 503 with `Retry-After`) and a client that
+hangs up has its waiting inputs dropped.
 Bodies are read with a size limit and a deadline; connections that never finish their headers
 are timed out and capped (`connections.py`); web pages cannot use a server on this machine
 (`origin.py`). On shutdown uvicorn stops accepting, lets in-flight requests finish, then the
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from protege.errors import DataError, ProtegeError
-from protege.serve.batcher import Batcher
+from protege.serve.batcher import Batcher, ClientGone, QueueFull, until_disconnected
 from protege.serve.metrics import Metrics
 from protege.serve.predictor import Predictor, no_rationale
 
@@ -65,6 +67,9 @@ class ServeConfig:
     """Most inputs in one request (413 beyond)."""
     max_input_chars: int = 10_000
     """Longest rendered input in characters (422 beyond)."""
+    max_queued_inputs: int = 4096
+    """Most inputs waiting for the model; a request that would pass it gets 503 with
+    `Retry-After` (the seconds the waiting inputs take at the recent pace)."""
     body_timeout_s: float = 10.0
     """A client that has not sent its whole body by then gets 408."""
     fast: bool = True
@@ -102,6 +107,10 @@ class ServeConfig:
             (self.max_body_bytes >= 1, "max_body_bytes: must be at least 1"),
             (self.max_inputs >= 1, "max_inputs: must be at least 1"),
             (self.max_input_chars >= 1, "max_input_chars: must be at least 1"),
+            (
+                self.max_queued_inputs >= self.max_inputs,
+                "max_queued_inputs: must be at least max_inputs",
+            ),
             (self.body_timeout_s > 0, "body_timeout_s: must be positive"),
             (self.header_timeout_s > 0, "header_timeout_s: must be positive"),
             (self.max_connections >= 1, "max_connections: must be at least 1"),
@@ -132,9 +141,9 @@ def check_key_policy(host: str, api_key: str | None) -> None:
 class RequestError(Exception):
     """A client error: HTTP status and a one-line reason."""
 
-    def __init__(self, status: int, reason: str, kind: str):
+    def __init__(self, status: int, reason: str, kind: str, headers: dict | None = None):
         super().__init__(reason)
-        self.status, self.reason, self.kind = status, reason, kind
+        self.status, self.reason, self.kind, self.headers = status, reason, kind, headers
 
 
 def create_app(predictor: Predictor, cfg: ServeConfig, cascade=None):
@@ -159,7 +168,7 @@ def create_app(predictor: Predictor, cfg: ServeConfig, cascade=None):
     async def lifespan(app):
         state["batcher"] = Batcher(
             predictor, metrics, cfg.max_batch_size, cfg.max_wait_ms, cfg.max_batch_tokens,
-            cfg.fast,
+            cfg.fast, cfg.max_queued_inputs,
         )  # fmt: skip
         await state["batcher"].start()
         if cascade is not None:
@@ -185,7 +194,7 @@ def create_app(predictor: Predictor, cfg: ServeConfig, cascade=None):
     @app.exception_handler(RequestError)
     async def request_error(request: Request, e: RequestError):
         metrics.error(e.kind)
-        return JSONResponse({"error": e.reason}, status_code=e.status)
+        return JSONResponse({"error": e.reason}, status_code=e.status, headers=e.headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, e: Exception):
@@ -210,21 +219,36 @@ def create_app(predictor: Predictor, cfg: ServeConfig, cascade=None):
         sources = [
             input_source(predictor, item, i, cfg) for i, item in enumerate(payload["inputs"])
         ]
+        gone = until_disconnected(request.receive)
         try:
-            preds = await state["batcher"].submit(sources, payload["rationale"])
+            preds = await state["batcher"].submit(sources, payload["rationale"], gone)
+        except QueueFull as e:
+            after = {"Retry-After": str(e.retry_after_s)}
+            raise RequestError(503, f"server busy: {e}", "busy", after) from e
+        except ClientGone as e:  # nobody to answer: counted, its inputs dropped
+            raise RequestError(499, "client disconnected while waiting", "abandoned") from e
         except Exception:
             return internal_error("model", metrics)
         return {"predictions": preds}
 
-    async def submit(sources: list[str], rationale: bool) -> list[dict[str, Any]]:
+    async def submit(sources: list[str], rationale: bool, request: Request) -> list[dict]:
+        """The chat route's predictions: the same batcher, bounds and disconnect watch as
+        /v1/predict, its refusals in OpenAI's error shape."""
+        from protege.serve.chat import ChatError
+
         try:
-            return await state["batcher"].submit(sources, rationale)
+            return await state["batcher"].submit(
+                sources, rationale, until_disconnected(request.receive)
+            )
+        except QueueFull as e:
+            raise ChatError(503, f"server busy: {e}", code="busy", type_="server_error",
+                            headers={"Retry-After": str(e.retry_after_s)}) from e  # fmt: skip
+        except ClientGone as e:  # nobody to answer: counted, its inputs dropped
+            raise ChatError(499, "client disconnected while waiting", code="abandoned") from e
         except Exception as e:
             error_id = uuid.uuid4().hex[:12]
             log.exception(f"model error {error_id}")
             metrics.error("model")
-            from protege.serve.chat import ChatError
-
             raise ChatError(500, f"internal error (id {error_id})", type_="server_error") from e
 
     add_chat_routes(app, ChatContext(

@@ -21,7 +21,7 @@ import torch
 
 from protege.errors import ConfigError
 from protege.formats import Example, TaskConfig
-from protege.students.base import Encoded, Student, StudentOptions, encode_targets
+from protege.students.base import Encoded, Student, StudentOptions, encode_targets, eos_id
 from protege.train.loss import IGNORE, PAD_TAG
 
 
@@ -56,6 +56,13 @@ def prompt_ids(tok, source: str, max_source_len: int = 512) -> list[int]:
     return tok(source + "\n").input_ids
 
 
+def completion_affixes(tok) -> tuple[list[int], list[int]]:
+    """(prefix, suffix) of a completion as `encode_targets` builds it: nothing before, eos
+    after. A tokenizer that puts a BOS before every text (Llama-3, Gemma, Mistral) puts it
+    before the prompt; a completion never starts with one."""
+    return [], [eos_id(tok)]
+
+
 class CausalStudent(Student):
     kind = "causal"
 
@@ -86,6 +93,9 @@ class CausalStudent(Student):
         return {"ct2": export_ct2_causal}
 
     # ---- features --------------------------------------------------------------------------
+
+    def target_affixes(self) -> tuple[list[int], list[int]]:
+        return completion_affixes(self.tok)
 
     def prompt_ids(self, source: str, max_source_len: int | None = None) -> list[int]:
         return prompt_ids(self.tok, source, max_source_len or self.max_source_len)
