@@ -91,6 +91,8 @@ class GenerateResult:
     learned: list[str] = field(default_factory=list)
     """Parameter rules learned from the endpoint's 400s in this job (kept in the store)."""
     dry_run: bool = False
+    confidence: str | None = None
+    """label recipe: how the rows' confidence was computed, or why it is unavailable."""
     errors: list[str] = field(default_factory=list)
     """A few of the failures, for the summary."""
 
