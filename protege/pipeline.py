@@ -354,10 +354,9 @@ def _evaluate(recipe: RecipeConfig, run: Path, test: Path, teacher_file: Path | 
     from protege.evaluate import Decoding, evaluate_run
 
     kwargs = dict(recipe.eval)
-    decoding = dict(kwargs.get("decoding") or {})
-    # Test decodes as dev selection did (train.generation), unless eval.decoding says otherwise.
-    decoding.setdefault("num_beams", (recipe.train.get("generation") or {}).get("num_beams", 1))
-    kwargs["decoding"] = from_dict(Decoding, decoding, "eval.decoding")
+    # Test decodes as dev selection did: every setting eval.decoding leaves unset is the one
+    # each checkpoint recorded (train.generation, its max_new_tokens raised to reach labels).
+    kwargs["decoding"] = from_dict(Decoding, dict(kwargs.get("decoding") or {}), "eval.decoding")
     evaluate_run(run, test, recipe.task, teacher_file=teacher_file, **kwargs)
 
 
