@@ -67,3 +67,24 @@ def test_the_pick_follows_the_measurements():
     assert "`classifier` is better calibrated (ECE 0.040)" not in text  # not within reach
     assert "Where a rationale must come out" not in text  # the pick writes one
     assert "teacher was asked" not in text
+
+
+def test_variants_report_picks_from_its_own_table(tmp_path):
+    import shutil
+
+    from eval_util import make_run, one_thread, tiny_models
+
+    from protege.evaluate import evaluate_run
+    from protege.report import build_variants_report
+
+    top = tmp_path / "top"
+    for name in ("small", "big"):
+        shutil.move(make_run(tmp_path / name, tiny_models()), top / name)
+        with one_thread():
+            evaluate_run(top / name)
+    text = (build_variants_report(top, ["small", "big"]) / "report.md").read_text()
+    assert "| accuracy | 95% CI | coverage | BLEU | ECE |" in text
+    assert "**Which student to pick**, from the measurements above: `" in text
+    assert "the teacher was asked on the first" not in text  # 12 of 12: the same rows
+    assert "up to 1 were in flight at once" not in text  # no timestamps: said so instead
+    assert "concurrency they ran at is unknown" in text
