@@ -242,6 +242,26 @@ def load_task(model_dir: str | Path) -> TaskConfig:
     return from_dict(TaskConfig, data, str(path))
 
 
+def recorded_decoding(model_dir: str | Path) -> dict[str, Any]:
+    """The generation settings training recorded for a student (`max_new_tokens`, raised so
+    generation reaches the label, `num_beams`, ...): `protege_meta.json`'s `decoding`, else
+    what its `generation_config.json` states (an export carries only that); {} for neither.
+    Dev selection decoded with these, so test, predict, serve and export checks do too."""
+    model_dir = Path(model_dir)
+    for name, pick in (("protege_meta.json", "decoding"), ("generation_config.json", None)):
+        path = model_dir / name
+        try:
+            data = json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            raise ProtegeError(f"{path}: not valid JSON ({e}); restore it from the run") from e
+        if not isinstance(data, dict):
+            continue
+        found = data.get(pick) if pick else data
+        if isinstance(found, dict) and found.get("max_new_tokens"):
+            return {k: v for k, v in found.items() if v is not None}
+    return {}
+
+
 CHARS_PER_TOKEN_MAX = 32
 """More characters than any tokenizer puts in one token: cutting an input at
 `max_tokens * CHARS_PER_TOKEN_MAX` characters leaves what truncation to `max_tokens` keeps."""

@@ -133,11 +133,3 @@ def test_teacher_sample_is_the_rows_it_was_asked(tmp_path):
     assert teacher_sample_size(path, test, answers) == 3
     write_json(tmp_path / "teacher-zeroshot.summary.json", {"n_records": 5})
     assert teacher_sample_size(path, test, answers) == 5  # the job's own count wins
-
-
-def test_explain_pass_keeps_the_input_truncation():
-    from protege.evaluate.model_eval import explain_decoding
-    from protege.evaluate.predict import Decoding
-
-    d = explain_decoding(Decoding(batch_size=3, max_new_tokens=16, num_beams=2, max_source_len=64))
-    assert (d.batch_size, d.max_new_tokens, d.num_beams, d.max_source_len) == (3, 160, 2, 64)

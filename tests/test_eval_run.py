@@ -80,6 +80,7 @@ def test_rerun_reuses_scored_checkpoints(run_dir, monkeypatch):
     assert len(s["models"]) == 4
     speed = s["models"][0]["speed"]  # a new assumed price reprices the measured latency
     assert speed["cost_per_1k_usd"] == pytest.approx(speed["latency_s_per_example"])
+    assert speed["p50_single_ms"] > 0 and speed["n_single"] > 0  # kept, not dropped
 
 
 def test_selection_on_test_is_refused(run_dir):

@@ -59,7 +59,7 @@ def test_report_has_every_section_filled(evaluated_run):
         "60.0 [51.1, 68.3]",
         "41.7 [16.7, 66.7]",
     ]
-    assert cells[9:11] == ["100.0", "100.0"]  # coverage, corpus BLEU
+    assert cells[9:11] == ["41.7 (100.0)", "100.0"]  # free generation (coverage), BLEU
     base = next(line for line in md.splitlines() if line.startswith("| baseline-lr0.001-s0"))
     assert [c.strip() for c in base.strip("|").split("|")][10] == "–"  # no rationale, no BLEU
     assert "McNemar p=1.000" in row

@@ -196,3 +196,75 @@ def test_a_max_tokens_too_small_for_the_label_schema_is_raised(fake_openai, tmp_
     assert f"teacher.max_tokens raised from 8 to {room}" in capsys.readouterr().out
     big = run_generate(_cfg(fake_openai, tmp_path, limit=1, teacher={"max_tokens": 64}))
     assert fake_openai.log[-1]["body"]["max_tokens"] == 64 and big.n_flagged == 0
+
+
+def test_a_label_token_forced_by_a_grammar_gives_no_confidence():
+    # llama.cpp's JSON grammar spelt `neutral` as n/eu/tr/al; the model's probability of the
+    # piece `n` was ~1e-9: the product was reported as the label's confidence (0.0).
+    pairs = [['{"', -0.01], ["label", -0.01], ['":', 0.0], [' "', -0.01], ["n", -20.7],
+             ["eu", -0.01], ["tr", -0.01], ["al", -0.01], ['"}', 0.0]]  # fmt: skip
+    text = "".join(t for t, _ in pairs)
+    assert label_probability(json.dumps(pairs), text, "neutral") is None
+
+
+def test_self_consistency_at_temperature_zero_is_refused(fake_openai, tmp_path):
+    from protege.errors import ConfigError
+
+    cfg = _cfg(fake_openai, tmp_path, limit=3,
+               teacher={"self_consistency": 5, "temperature": 0.0})  # fmt: skip
+    with pytest.raises(ConfigError, match="temperature 0 agree by construction") as e:
+        run_generate(cfg)
+    assert "\n" not in str(e.value)
+    assert fake_openai.log == []  # refused before anything is sent
+
+
+def test_the_local_teachers_grammar_confidence_is_reported_unavailable(tmp_path, capsys):
+    """Answers of the local teacher under its JSON grammar: their stored logprobs (of forced
+    pieces) give no confidence; the job says so in one line."""
+    from protege.generate.recipes import Template, get_recipe
+    from protege.generate.rows import output_row
+    from protege.generate.run import confidence_line, job_params
+    from protege.teacher.store import Answer
+
+    cfg = GenerateConfig(recipe="label", output=str(tmp_path / "o.jsonl"),
+                         teacher=TeacherConfig(kind="local"))  # fmt: skip
+    recipe = get_recipe("label")
+    params, schema = job_params(cfg, recipe)
+    assert schema is not None
+    pairs = [['{"label": "', -0.01], ["ent", -0.2], ["ailment", -0.1], ['"}', 0.0]]
+    text = "".join(t for t, _ in pairs)
+    answer = Answer("k", "smollm2", "ok", text=text, logprobs=json.dumps(pairs), created_at=1.0)
+    record = {"premise": "p", "hypothesis": "h", "label": "entailment"}
+    row = output_row(cfg, recipe, Template(recipe.path), "label", record, [answer], False,
+                     params, schema)  # fmt: skip
+    assert row["label"] == "entailment" and "confidence" not in row
+    line = confidence_line([row], "confidence: unavailable: x", 1, cfg.teacher)
+    assert line == "confidence: unavailable: x"
+    remote = GenerateConfig(recipe="label", output=str(tmp_path / "o.jsonl"),
+                            teacher=TeacherConfig(kind="openai"))  # fmt: skip
+    row = output_row(remote, recipe, Template(recipe.path), "label", record, [answer], False,
+                     params, schema)  # fmt: skip
+    assert row["confidence"] == pytest.approx(math.exp(-0.3))  # chosen, not forced: kept
+
+
+def test_every_labelled_job_says_how_its_confidence_was_computed(fake_openai, tmp_path, capsys):
+    result = run_generate(_cfg(fake_openai, tmp_path, limit=4))
+    assert result.confidence == "confidence: the probability of the label's tokens, on 4 of 4 rows"
+    assert result.confidence in capsys.readouterr().out
+
+
+def test_min_confidence_says_which_rows_it_cannot_judge(tmp_path, capsys):
+    from protege.formats import TaskConfig
+    from protege.train.data import load_examples
+
+    path = tmp_path / "teacher.jsonl"
+    rows = [{"premise": "p", "hypothesis": f"h{i}", "label": "neutral", "confidence": c}
+            for i, c in enumerate([0.95, None, None])]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kept = load_examples(str(path), TaskConfig(), min_confidence=0.6)
+    assert kept.n_examples == 3
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == [
+        f"{path}: min_confidence 0.6: 2 of 3 rows have no teacher confidence (unavailable, "
+        "or never computed): kept, not judged"
+    ]

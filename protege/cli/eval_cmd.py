@@ -59,8 +59,10 @@ def _print_metrics(title: str, metrics: dict, speed: dict | None) -> None:
 )
 @click.option("--out", type=click.Path(path_type=Path), help="Metrics JSON path (model dir mode).")
 @click.option("--batch-size", default=16, show_default=True)
-@click.option("--max-new-tokens", type=int, default=None, help="Default: by task format.")
-@click.option("--num-beams", default=1, show_default=True)
+@click.option(
+    "--max-new-tokens", type=int, default=None, help="Default: as the checkpoint recorded it."
+)
+@click.option("--num-beams", type=int, default=None, help="Default: as the checkpoint recorded it.")
 @HOURLY
 @click.pass_context
 def eval_command(
@@ -72,7 +74,7 @@ def eval_command(
     out: Path | None,
     batch_size: int,
     max_new_tokens: int | None,
-    num_beams: int,
+    num_beams: int | None,
     hourly_price: float,
 ) -> None:
     """Score a student MODEL_DIR on --data, or every checkpoint of a RUN_DIR.

@@ -11,8 +11,14 @@ from protege.data.io import write_json, write_jsonl
 from protege.errors import DataError
 from protege.evaluate.metrics import is_uncased
 from protege.evaluate.predict import Decoding, generate, load_for_eval, single_request_ms
-from protege.evaluate.score import score_outputs, teacher_outputs
-from protege.formats import TaskConfig, explain_input, inference_input, load_task
+from protege.evaluate.score import add_generated, score_outputs, teacher_outputs
+from protege.formats import (
+    TaskConfig,
+    explain_input,
+    inference_input,
+    load_task,
+    recorded_decoding,
+)
 
 DEFAULT_HOURLY_PRICE_USD = 0.10
 """Assumed price of the machine a student runs on (a small CPU VM), for cost per 1,000."""
@@ -56,26 +62,33 @@ def evaluate_model(
     task = task or load_task(model_dir)
     if task.input_prefix is None:  # the prefix the student was trained with (T5's summarize:)
         task = replace(task, input_prefix=load_task(model_dir).input_prefix)
-    decoding = (decoding or Decoding()).resolved(task)
+    decoding = (decoding or Decoding()).resolved(task, recorded_decoding(model_dir))
     student = load_for_eval(model_dir, device)
     model, tok, device = student.model, student.tok, student.device
     inputs = [inference_input(task, r, source) for r in records]
     gen = generate(student, inputs, decoding, desc=Path(model_dir).name)
     rationales = None
     if task.format == "multitask" and any(r.get(task.rationale_field) for r in records):
-        # Multitask students explain only when asked with `explain:`; score that pass for BLEU.
-        rationale_dec = explain_decoding(decoding)
-        expl = generate(student, [explain_input(task, r, source) for r in records], rationale_dec)
+        # Multitask students explain only when asked with `explain:`; score that pass for BLEU,
+        # cut at the budget dev selection cut its rationales at (the same `decoding`).
+        expl = generate(student, [explain_input(task, r, source) for r in records], decoding)
         rationales = expl.texts
+    served, confidences = served_labels(model_dir, device, task, inputs, decoding)
     metrics, rows = score_outputs(
         task,
         records,
         gen.texts,
+        preds=served,
         rationales=rationales,
         n_tokens=gen.n_tokens,
         lowercase=is_uncased(tok),
         source=source,
     )
+    if served is not None:  # the headline is what is served; free generation beside it
+        metrics["served_by"] = "label scoring"
+        add_generated(metrics, rows, task, gen.texts)
+    elif task.type == "classification":
+        metrics["served_by"] = "generation"
     result = {
         "model_dir": str(model_dir),
         "task": _task_dict(task),
@@ -99,26 +112,43 @@ def evaluate_model(
         "metrics": metrics,
         "per_example": rows,
     }
-    label_probs = getattr(student, "label_probs", None)
-    if label_probs is not None:  # a classifier: real label probabilities, so calibration
-        add_calibration(result, label_probs(inputs))
+    if confidences is not None:  # the served answer's probability: its calibration
+        add_calibration(result, confidences)
     if out_dir is not None:
         write_outputs(result, out_dir)
     return result
 
 
-def explain_decoding(decoding: Decoding) -> Decoding:
-    """The multitask `explain:` pass: up to 160 new tokens (a rationale), every other setting,
-    the input truncation included, as in the `predict:` pass."""
-    return replace(decoding, max_new_tokens=160)
+def served_labels(
+    model_dir: str | Path, device: str, task: TaskConfig, inputs: list[str], decoding: Decoding
+) -> tuple[list[str | None] | None, list[float] | None]:
+    """The labels `protege predict` and `protege serve` answer with by default, and the
+    `score` they answer with (a classifier's softmax probability; a generative student's
+    probability of the chosen label's tokens): the closed label set scored
+    (`Predictor.score`, never malformed). (None, None) where they generate
+    (`rationale+label`, summaries), as evaluation did."""
+    from protege.formats import clip_sources
+    from protege.serve.predictor import Predictor
+    from protege.serve.scoring import supports_scoring
+
+    if not supports_scoring(task):
+        return None, None
+    # Loaded as `protege predict` and `protege serve` load it (the runtime they use for it).
+    backend = Predictor.load(model_dir, device=device).backend
+    backend.max_source_len = decoding.max_source_len
+    predictor = Predictor(backend, task)  # the task eval scores it in
+    bs = max(1, decoding.batch_size)
+    preds: list[dict[str, Any]] = []
+    for i in range(0, len(inputs), bs):
+        preds += predictor.score(clip_sources(inputs[i : i + bs], decoding.max_source_len))
+    return [p["label"] for p in preds], [float(p["score"]) for p in preds]
 
 
-def add_calibration(result: dict[str, Any], probs: list[list[float]]) -> None:
-    """Each row's confidence (the top label's probability) and the ECE beside accuracy."""
+def add_calibration(result: dict[str, Any], confidences: list[float]) -> None:
+    """Each row's confidence (the served label's probability) and the ECE beside accuracy."""
     from protege.evaluate.metrics import expected_calibration_error
 
     rows = result["per_example"]
-    confidences = [max(p) for p in probs]
     correct = [int(bool(r.get("correct"))) for r in rows]
     for row, c in zip(rows, confidences, strict=True):
         row["confidence"] = round(c, 4)

@@ -17,14 +17,15 @@ from protege.formats import TaskConfig, clip_sources
 
 @dataclass
 class Decoding:
-    """How a student generates during evaluation."""
+    """How a student generates during evaluation; None: as the checkpoint recorded it."""
 
     batch_size: int = 16
     """Inputs per generate() call; latency per example is measured at this batch size."""
     max_new_tokens: int | None = None
-    """Generated-token cap; None picks by task: 16 label, 160 rationale, 128 summary."""
-    num_beams: int = 1
-    """1 = greedy decoding (Paper A); 4 is common for summarization."""
+    """Generated-token cap; None: the checkpoint's recorded `generation.max_new_tokens` (what
+    dev selection decoded with), else by task: 16 label, 160 rationale, 128 summary."""
+    num_beams: int | None = None
+    """1 = greedy decoding (Paper A); None: the checkpoint's recorded beam width, else 1."""
     max_source_len: int = 512
     """Inputs are truncated to this many tokens."""
 
@@ -32,14 +33,18 @@ class Decoding:
         for name in ("batch_size", "max_new_tokens", "num_beams", "max_source_len"):
             require_positive(name, getattr(self, name))
 
-    def resolved(self, task: TaskConfig) -> Decoding:
-        if self.max_new_tokens is not None:
-            return self
-        if task.type == "summarization":
-            n = 128
-        else:
-            n = 16 if task.format in ("label", "multitask") else 160
-        return Decoding(self.batch_size, n, self.num_beams, self.max_source_len)
+    def resolved(self, task: TaskConfig, recorded: dict[str, Any] | None = None) -> Decoding:
+        """Every field set: what was asked, else what the checkpoint `recorded`
+        (`formats.recorded_decoding`), else the task's default."""
+        recorded = recorded or {}
+        n = self.max_new_tokens or recorded.get("max_new_tokens")
+        if n is None:
+            if task.type == "summarization":
+                n = 128
+            else:
+                n = 16 if task.format in ("label", "multitask") else 160
+        beams = self.num_beams or recorded.get("num_beams") or 1
+        return Decoding(self.batch_size, int(n), int(beams), self.max_source_len)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -29,11 +29,13 @@ from protege.evaluate.model_eval import (
 from protege.evaluate.predict import Decoding
 from protege.evaluate.score import headline, per_example_scores
 from protege.evaluate.stats import aggregate, mcnemar, paired_bootstrap, wilson_ci
-from protege.formats import TaskConfig
+from protege.formats import TaskConfig, recorded_decoding
 
 CHECKPOINTS = {"loss": "best-loss", "accuracy": "best-accuracy"}
 """results.json `best` keys -> checkpoint directory names (Paper A tests both)."""
 TEACHER_FILE = Path("generate") / "teacher-zeroshot.jsonl"
+EVAL_VERSION = 2
+"""Part of every cached result's fingerprint: raised when what a result holds changes."""
 
 
 def recipe_defaults(run_dir: str | Path) -> dict[str, Any]:
@@ -118,7 +120,7 @@ def evaluate_run(
         raise DataError(str(test_path), "no rows to evaluate")
     splits, skipped = _read_for_hygiene(sources, test)
     hygiene = {**check_splits(splits, task), "not_checked": skipped}
-    decoding = (decoding or Decoding()).resolved(task)
+    decoding = decoding or Decoding()  # unset fields: as each checkpoint recorded them
     test_sha = file_sha256(test_path) if Path(test_path).exists() else test_path
     eval_dir = run_dir / "eval"
 
@@ -135,8 +137,13 @@ def evaluate_run(
             out = eval_dir / cfg["id"] / dirname
             # Each configuration is scored in its own format (a baseline has no rationale).
             cfg_task = replace(task, format=cfg["format"]) if cfg.get("format") else task
+            model_decoding = decoding.resolved(cfg_task, recorded_decoding(model_dir))
             key = fingerprint(
-                test_sha, to_dict(cfg_task), decoding.to_dict(), _weights_stamp(model_dir)
+                test_sha,
+                to_dict(cfg_task),
+                model_decoding.to_dict(),
+                _weights_stamp(model_dir),
+                EVAL_VERSION,
             )
             result = read_outputs(out)
             if result is None or result.get("fingerprint") != key:
@@ -144,17 +151,18 @@ def evaluate_run(
                     model_dir,
                     test,
                     cfg_task,
-                    decoding=decoding,
+                    decoding=model_decoding,
                     hourly_price_usd=hourly_price_usd,
                     device=device,
                     source=test_path,
                 )
                 result["fingerprint"] = key
                 write_outputs(result, out)
-            else:  # scored earlier: the latency stands, the assumed price may have changed
-                result["speed"] = student_speed(
-                    result["speed"]["latency_s_per_example"], hourly_price_usd
-                )
+            else:  # scored earlier: the latencies stand, the assumed price may have changed
+                result["speed"] = {
+                    **result["speed"],
+                    **student_speed(result["speed"]["latency_s_per_example"], hourly_price_usd),
+                }
             name = f"{cfg['id']}/{dirname}"
             scores[name] = per_example_scores(cfg_task, result["per_example"])
             entries.append(
@@ -167,6 +175,7 @@ def evaluate_run(
                     "dev": _dev_metrics(best, model_dir),
                     "test": result["metrics"],
                     "speed": result["speed"],
+                    "decoding": result["decoding"],
                     "files": str(out.relative_to(run_dir)),
                 }
             )
@@ -189,7 +198,7 @@ def evaluate_run(
         "sources": sources,
         "task": to_dict(task),
         "headline": headline(task),
-        "decoding": decoding.to_dict(),
+        "decoding": _decoding_summary(decoding, entries),
         "hourly_price_usd": hourly_price_usd,
         "hygiene": hygiene,
         "models": entries,
@@ -198,6 +207,17 @@ def evaluate_run(
     }
     write_json(eval_dir / "summary.json", summary)
     return summary
+
+
+def _decoding_summary(asked: Decoding, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The decoding of the summary: each setting's value where every checkpoint used the
+    same, else its range (`"128-183"`: each decoded as its training recorded)."""
+    out = asked.to_dict()
+    for key in ("max_new_tokens", "num_beams"):
+        values = sorted({e["decoding"][key] for e in entries if e.get("decoding")})
+        if values:
+            out[key] = values[0] if len(values) == 1 else f"{values[0]}-{values[-1]}"
+    return out
 
 
 def _weights_stamp(model_dir: Path) -> str:

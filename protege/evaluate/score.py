@@ -122,6 +122,25 @@ def score_outputs(
     return out, rows
 
 
+def add_generated(
+    metrics: dict[str, Any], rows: list[dict[str, Any]], task: TaskConfig, texts: list[str]
+) -> None:
+    """Free generation's accuracy beside a headline scored on another path (label scoring):
+    `metrics["generated"]` (accuracy with its interval, coverage: the share that parsed,
+    macro-F1) and each row's `generated_pred` / `generated_correct`."""
+    preds = [parse_output(task, t).label for t in texts]
+    cm = M.classification_metrics([r["gold"] for r in rows], preds, task.labels)
+    correct = cm.pop("correct")
+    metrics["generated"] = {
+        "accuracy": cm["accuracy"],
+        "accuracy_ci": list(mean_ci(correct)),
+        "coverage": cm["coverage"],
+        "macro_f1": cm["macro_f1"],
+    }
+    for row, pred, ok in zip(rows, preds, correct, strict=True):
+        row["generated_pred"], row["generated_correct"] = pred, ok
+
+
 def per_example_scores(task: TaskConfig, rows: list[dict[str, Any]]) -> list[float]:
     """The per-example values behind the headline metric (for paired tests)."""
     key = "correct" if task.type == "classification" else "rougeL"
@@ -140,6 +159,7 @@ def teacher_outputs(
     preds: list[str | None] = []
     n_missing = n_flagged = 0
     costs, latencies = [], []
+    spans: list[tuple[float, float]] = []  # (start, end) of each answer's request, seconds
     for i, r in enumerate(test):
         a = by_uid.get(record_uid(r, i))
         if a is None:
@@ -160,6 +180,8 @@ def teacher_outputs(
             costs.append(float(prov["cost_usd"]))
         if prov.get("latency_s") is not None:
             latencies.append(float(prov["latency_s"]))
+            if end := _timestamp(prov.get("time")):
+                spans.append((end - float(prov["latency_s"]), end))
     answered = len(test) - n_missing
     info = {
         "n_answers": answered,
@@ -167,11 +189,59 @@ def teacher_outputs(
         "n_flagged": n_flagged,
         "cost_usd": sum(costs),
         "cost_per_example_usd": sum(costs) / answered if answered else None,
-        "latency_s_per_example": sum(latencies) / len(latencies) if latencies else None,
-        # each answer is one request: its recorded latency is a single request's
-        "p50_single_ms": 1000 * statistics.median(latencies) if latencies else None,
     }
+    if spans and len(spans) == len(latencies):
+        info.update(request_timing(spans))
+    else:  # answers without timestamps: only their recorded latencies, concurrency unknown
+        info.update(
+            latency_s_per_example=sum(latencies) / len(latencies) if latencies else None,
+            p50_single_ms=1000 * statistics.median(latencies) if latencies else None,
+            timing="recorded per-request latencies (no timestamps: concurrency unknown)",
+        )
     info["cost_per_1k_usd"] = (
         1000 * info["cost_per_example_usd"] if info["cost_per_example_usd"] is not None else None
     )
     return texts, (preds if task.type == "classification" else None), info
+
+
+def _timestamp(value: Any) -> float | None:
+    """Seconds since the epoch of a provenance `time` (ISO 8601), or None."""
+    import datetime
+
+    try:
+        return datetime.datetime.fromisoformat(str(value)).timestamp() if value else None
+    except ValueError:
+        return None
+
+
+def request_timing(spans: list[tuple[float, float]]) -> dict[str, Any]:
+    """The teacher's speed from its requests' (start, end) times, measured as the students'
+    is. `latency_s_per_example`: the wall time requests were in flight (the union of the
+    spans) / n, as a batched student's is its generation time / n. `p50_single_ms`: the
+    median latency of the requests that ran alone (none other in flight, so none queued
+    behind another of ours), `n_single` of them; None when every request overlapped others.
+    `max_in_flight` and `p50_in_flight_ms` (the median of all, queueing included) say what
+    the concurrency did: a server that answers one at a time makes concurrent requests wait.
+    """
+    order = sorted(spans)
+    busy, reach = 0.0, float("-inf")  # union length; the latest end seen so far
+    alone: list[float] = []
+    for i, (start, end) in enumerate(order):
+        busy += max(0.0, end - max(start, reach))
+        next_start = order[i + 1][0] if i + 1 < len(order) else float("inf")
+        if start >= reach and next_start >= end:
+            alone.append(end - start)
+        reach = max(reach, end)
+    events = sorted([(s, 1) for s, _ in order] + [(e, -1) for _, e in order])
+    in_flight = peak = 0
+    for _, step in events:  # an end sorts before a start at the same instant
+        in_flight += step
+        peak = max(peak, in_flight)
+    return {
+        "latency_s_per_example": busy / len(order),
+        "p50_single_ms": 1000 * statistics.median(alone) if alone else None,
+        "n_single": len(alone),
+        "p50_in_flight_ms": 1000 * statistics.median(e - s for s, e in order),
+        "max_in_flight": peak,
+        "timing": "wall time in flight / n; p50 of the requests that ran alone",
+    }

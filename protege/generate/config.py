@@ -96,6 +96,8 @@ class GenerateResult:
     """Prompts still to send that other endpoints answered: endpoint id -> count (not used
     unless `teacher.reuse_answers_from` names it)."""
     dry_run: bool = False
+    confidence: str | None = None
+    """label recipe: how the rows' confidence was computed, or why it is unavailable."""
     errors: list[str] = field(default_factory=list)
     """A few of the failures, for the summary."""
 

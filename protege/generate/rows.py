@@ -7,7 +7,7 @@ import datetime
 from typing import Any
 
 from protege.data.io import clean
-from protege.generate.confidence import label_probability, majority
+from protege.generate.confidence import grammar_note, label_probability, majority
 from protege.generate.config import GenerateConfig
 from protege.generate.recipes import Recipe, Template
 from protege.teacher.store import Answer
@@ -42,7 +42,11 @@ def output_row(
         row["confidence"] = share
         row["votes"] = votes
         flag = None if label is not None else f"no valid label in {len(answers)} answers"
-    elif recipe.confidence and first.flagged is None:
+    elif (
+        recipe.confidence
+        and first.flagged is None
+        and not grammar_note(cfg.teacher.kind, schema is not None, len(answers))
+    ):
         p = label_probability(answer.logprobs, answer.text or "", first.fields.get(output_field))
         if p is not None:
             row["confidence"] = round(p, 6)

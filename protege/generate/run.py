@@ -26,6 +26,7 @@ from protege.data.io import (
 from protege.errors import ConfigError, DataError, ProtegeError
 from protege.formats import normalise_label
 from protege.generate.calls import send
+from protege.generate.confidence import grammar_note
 from protege.generate.config import GenerateConfig, GenerateResult
 from protege.generate.recipes import Recipe, Template, get_recipe
 from protege.generate.rows import output_row
@@ -97,6 +98,15 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
     model = tcfg.model_name
     params, schema = job_params(cfg, recipe)
     samples = tcfg.self_consistency if recipe.confidence else 1
+    if samples > 1 and tcfg.temperature == 0:
+        raise ConfigError(
+            f"teacher.self_consistency: {samples} answers at temperature 0 agree by "
+            "construction, so their share says nothing (1.0 for wrong answers too); set "
+            "teacher.temperature above 0 (e.g. 0.7), or self_consistency: 1"
+        )
+    no_logprobs = (
+        grammar_note(tcfg.kind, schema is not None, samples) if recipe.confidence else None
+    )
 
     eid = tcfg.endpoint_id(tcfg.read_key())  # answers are this endpoint's (endpoints.py)
     keys: list[list[str]] = []  # per record: its request keys (k for self-consistency)
@@ -156,7 +166,7 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
             ]  # fmt: skip
             extras = (
                 {"logprobs": True, "top_logprobs": 1}
-                if recipe.confidence and tcfg.logprobs
+                if recipe.confidence and tcfg.logprobs and no_logprobs is None
                 else None
             )
             rows = RowMaker(cfg, recipe, template, output_field, rules, params, schema, keys,
@@ -197,6 +207,9 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
         result.n_flagged += "flagged" in row
         out_records.append(row)
     result.n_written = len(out_records)
+    if recipe.confidence and not cfg.dry_run:
+        result.confidence = confidence_line(out_records, no_logprobs, samples, tcfg)
+        print(result.confidence)
     try:
         write_jsonl(cfg.output, out_records)
         write_json(
@@ -240,6 +253,24 @@ class RowMaker:
             except Exception:  # noqa: BLE001  made again at the end, where an error is raised
                 continue
             self.made[i] = (jsonl_line(row), "flagged" in row)
+
+
+def confidence_line(rows: list, no_logprobs: str | None, samples: int, tcfg) -> str:
+    """One line: how the label confidence of this job's rows was computed, and on how many
+    it is unavailable (training's `min_confidence` keeps those rows; it cannot judge them)."""
+    if no_logprobs:
+        return no_logprobs
+    n = len(rows)
+    parsed = [json.loads(r) if isinstance(r, str) else r for r in rows]  # made rows: lines
+    have = sum(r.get("confidence") is not None for r in parsed)
+    if samples > 1:
+        how = f"self-consistency, the share of {samples} answers at temperature {tcfg.temperature}"
+    elif tcfg.logprobs:
+        how = "the probability of the label's tokens"
+    else:
+        how = "none asked (teacher.logprobs: false)"
+    missing = f"; unavailable on {n - have} (no logprobs, or a label token was forced)"
+    return f"confidence: {how}, on {have} of {n} rows" + (missing if have < n else "")
 
 
 def with_answer_room(cfg: GenerateConfig, recipe: Recipe) -> GenerateConfig:

@@ -11,8 +11,9 @@ from protege.data.io import atomic_write_text
 from protege.report.html import render_html
 from protege.report.markdown import render_markdown
 from protege.report.model import Report, Section, Table, ci, money, num, pct
+from protege.report.pick import Candidate, pick_paragraphs
 from protege.report.sections import RunFiles
-from protege.report.views import best_student, rouge_cells, spend_section
+from protege.report.views import best_student, rouge_cells, spend_section, teacher_timing_note
 
 
 def _metric_cells(m: dict[str, Any], kind: str) -> list[str]:
@@ -23,6 +24,7 @@ def _metric_cells(m: dict[str, Any], kind: str) -> list[str]:
         ci(m.get("accuracy_ci"), 100),
         pct(m.get("coverage")),
         num(m.get("bleu"), 1),
+        num(m.get("ece"), 3),
     ]
 
 
@@ -50,13 +52,28 @@ def model_facts(model_dir: Path) -> tuple[str, int | None]:
     return kind or "–", total or None
 
 
-PICK = (
-    "Which student for what: the classifier when only the label is needed (the fastest, "
-    "calibrated probabilities, no rationale); a seq2seq or causal student when a rationale "
-    "or free text must come out, the causal one when a pretrained instruction-tuned LM "
-    "(SmolLM2, Qwen3, Llama) is the starting point, the seq2seq one for the smallest "
-    "generative model with CTranslate2 label scoring."
-)
+def candidate(
+    name: str, kind: str, best: dict[str, Any], run: RunFiles, usd_per_s: float
+) -> Candidate:
+    """What `pick_paragraphs` compares of a variant's best checkpoint."""
+    import json
+
+    meta = run.run_dir / "train" / best["name"] / "protege_meta.json"
+    counts = (json.loads(meta.read_text()).get("data") or {}) if meta.exists() else {}
+    train = counts.get("train") or {}
+    test = best["test"]
+    return Candidate(
+        name=name,
+        kind=kind,
+        format=best.get("format"),
+        accuracy=test.get("accuracy"),
+        accuracy_ci=test.get("accuracy_ci"),
+        ece=test.get("ece"),
+        p50_ms=best["speed"].get("p50_single_ms"),
+        cost_per_1k=1000 * usd_per_s / 3600,
+        n_test=test.get("n"),
+        n_train=train.get("scored", train.get("records")),
+    )
 
 
 def build_variants_report(
@@ -73,10 +90,11 @@ def build_variants_report(
     headers += (
         ["R1", "R2", "RL", "RLsum", "RL 95% CI", "gen len (words)"]
         if kind == "summarization"
-        else ["accuracy", "95% CI", "coverage", "BLEU"]
+        else ["accuracy", "95% CI", "coverage", "BLEU", "ECE"]
     )
     headers += ["p50 single request (ms)", "batched (ms/example)", "cost per 1,000"]
     rows, teacher, missing, price = [], None, [], hourly_price_usd
+    cands: list[Candidate] = []
     for name, run in runs:
         best = best_student(run)
         if best is None:
@@ -85,6 +103,7 @@ def build_variants_report(
         price = price if price is not None else run.summary["hourly_price_usd"]
         lat = best["speed"]["latency_s_per_example"]
         kind_name, params = model_facts(run_dir / name / "train" / best["name"])
+        cands.append(candidate(name, kind_name, best, run, lat * price))
         rows.append(
             [
                 name,
@@ -122,12 +141,15 @@ def build_variants_report(
             f"batched latency × an assumed ${price or 0:.2f}/hour machine; the teacher's is "
             "its recorded per-call cost. p50 single request: the median of up to 16 test "
             "inputs (fewer, at least 3, once 3 s are spent) generated one at a time in "
-            "PyTorch (the teacher's: of its recorded per-answer latencies); batched: the "
-            "evaluation's generation time per example. "
-            "`serve_latency.py` times each kind's fastest served path (CTranslate2, ONNX)."
+            "PyTorch; batched: the evaluation's generation time per example. "
+            "`serve_latency.py` times each kind's fastest served path (CTranslate2, ONNX). "
+            "ECE: expected calibration error of the served label's probability (lower is "
+            "better)."
         )
+        if teacher:
+            table.paragraphs.append(teacher_timing_note(teacher["speed"]))
         if kind == "classification":
-            table.paragraphs.append(PICK)
+            table.paragraphs += pick_paragraphs(cands, teacher)
     else:
         table.empty = "No variant has an eval/summary.json yet."
     if missing:

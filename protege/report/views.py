@@ -114,6 +114,31 @@ def unusable_teacher(teacher: dict[str, Any]) -> str | None:
     )
 
 
+def teacher_timing_note(speed: dict[str, Any]) -> str:
+    """How the teacher's latency columns were measured, from its answers' timestamps."""
+    if "max_in_flight" not in speed:
+        return (
+            "Teacher latency: the recorded per-request latencies (provenance.latency_s); "
+            "without timestamps the concurrency they ran at is unknown, so they may include "
+            "queueing."
+        )
+    note = (
+        "Teacher batched: the wall time its requests were in flight / answers, as a "
+        f"student's; up to {speed['max_in_flight']} were in flight at once."
+    )
+    if speed.get("p50_single_ms") is not None:
+        return note + (
+            f" p50 single request: the median of the {speed['n_single']} requests that ran "
+            "alone (no queueing)."
+        )
+    return note + (
+        " p50 single request: not measured, as no request ran alone; the median latency "
+        f"of all was {num(speed.get('p50_in_flight_ms'), 1)} ms, queueing included (a local "
+        "llama.cpp server answers one request at a time). Set `teacher.concurrency: 1` on "
+        "the zero-shot step to measure it."
+    )
+
+
 def rouge_cells(m: dict[str, Any]) -> list[str]:
     """R1, R2, RL, RLsum, the RL interval and generated length in words, formatted."""
     return [
@@ -140,9 +165,17 @@ def best_model_section(run: RunFiles) -> Section:
         s.empty = "No evaluated checkpoint with a dev score (eval/summary.json)."
         return s
     m = best["test"]
+    gen = m.get("generated")
     s.paragraphs.append(
-        f"`{best['name']}`: test accuracy {pct(m['accuracy'])}% {ci(m['accuracy_ci'], 100)}, "
-        f"coverage {pct(m['coverage'])}%, macro-F1 {pct(m['macro_f1'])}."
+        f"`{best['name']}`: test accuracy {pct(m['accuracy'])}% {ci(m['accuracy_ci'], 100)} "
+        f"by {m.get('served_by') or 'generation'}, as predict and serve answer, "
+        f"coverage {pct(m['coverage'])}%, macro-F1 {pct(m['macro_f1'])}"
+        + (
+            f"; free generation: accuracy {pct(gen['accuracy'])}% "
+            f"{ci(gen['accuracy_ci'], 100)}, coverage {pct(gen['coverage'])}%."
+            if gen
+            else "."
+        )
     )
     s.tables.append(
         Table(
@@ -332,9 +365,11 @@ def cost_section(run: RunFiles, hourly_price_usd: float | None) -> Section:
     s.paragraphs.append(
         f"Student cost is an estimate: measured wall-clock latency per example (batch size "
         f"{dec['batch_size']}, num_beams={dec['num_beams']}, on the evaluating machine) × an "
-        f"assumed machine price of ${price:.2f}/hour. Teacher cost and latency are the recorded "
-        f"per-call values (provenance.cost_usd, provenance.latency_s) of its zero-shot answers."
+        f"assumed machine price of ${price:.2f}/hour. Teacher cost is the recorded per-call "
+        f"cost (provenance.cost_usd) of its zero-shot answers."
     )
+    if teacher:
+        s.paragraphs.append(teacher_timing_note(teacher["speed"]))
     if not teacher:
         s.paragraphs.append("No teacher row: generate/teacher-zeroshot.jsonl is absent.")
     png = plots.latency_bars(bars, run.out_dir / "latency.png")

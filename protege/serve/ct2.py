@@ -162,6 +162,7 @@ class CT2Backend:
         forced = gen.get("forced_bos_token_id")
         self.target_prefix = [self.tok.convert_ids_to_tokens(forced)] if forced is not None else []
         self.no_repeat_ngram_size = int(gen.get("no_repeat_ngram_size") or 0)
+        self.length_penalty = float(gen.get("length_penalty") or 1.0)
 
     def _tokens(self, sources: list[str]) -> list[list[str]]:
         sources = clip_sources(sources, self.max_source_len)
@@ -208,11 +209,12 @@ class CT2Backend:
             out.append([float(logits[t] - lse) for t in token_ids])
         return out
 
-    def generate(self, sources: list[str], max_new_tokens: int) -> list[str]:
+    def generate(self, sources: list[str], max_new_tokens: int, num_beams: int = 1) -> list[str]:
         results = self.translator.translate_batch(
             self._tokens(sources),
             target_prefix=[self.target_prefix] * len(sources) if self.target_prefix else None,
-            beam_size=1,
+            beam_size=num_beams,
+            length_penalty=self.length_penalty,
             max_decoding_length=max_new_tokens,
             no_repeat_ngram_size=self.no_repeat_ngram_size,
         )

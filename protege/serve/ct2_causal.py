@@ -50,6 +50,8 @@ def export_ct2_causal(
         (tmp / "ct2").rmdir()
         AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(tmp)
         shutil.copy(model_dir / TASK_FILE, tmp / TASK_FILE)
+        if (model_dir / "generation_config.json").exists():  # the decoding training recorded
+            shutil.copy(model_dir / "generation_config.json", tmp / "generation_config.json")
         write_json(
             tmp / CT2_CAUSAL_MARKER,
             {
@@ -126,12 +128,12 @@ class CT2CausalBackend:
             out.append([float(logits[t] - lse) for t in token_ids])
         return out
 
-    def generate(self, sources: list[str], max_new_tokens: int) -> list[str]:
+    def generate(self, sources: list[str], max_new_tokens: int, num_beams: int = 1) -> list[str]:
         prompts = [self.tok.convert_ids_to_tokens(self._prompt(s)) for s in sources]
         results = self.generator.generate_batch(
             prompts,
             max_length=max_new_tokens,
-            beam_size=1,
+            beam_size=num_beams,
             include_prompt_in_result=False,
             end_token=self.tok.eos_token,
         )

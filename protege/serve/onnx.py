@@ -216,7 +216,7 @@ class OnnxClassifierBackend:
         z = np.exp(logits - logits.max(-1, keepdims=True))
         return (z / z.sum(-1, keepdims=True)).tolist()
 
-    def generate(self, sources: list[str], max_new_tokens: int) -> list[str]:
+    def generate(self, sources: list[str], max_new_tokens: int, num_beams: int = 1) -> list[str]:
         labels = self.task.labels
         return [
             display_label(labels[max(range(len(p)), key=p.__getitem__)])

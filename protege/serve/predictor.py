@@ -22,6 +22,7 @@ from protege.formats import (
     inference_input,
     load_task,
     parse_output,
+    recorded_decoding,
 )
 from protege.serve.scoring import Candidates, Rule, choose, sequence_score, supports_scoring
 
@@ -50,8 +51,8 @@ class Backend(Protocol):
         """`[input][j]`: log p(first target token = token_ids[j] | input)."""
         ...
 
-    def generate(self, sources: list[str], max_new_tokens: int) -> list[str]:
-        """Greedy decoding, special tokens removed."""
+    def generate(self, sources: list[str], max_new_tokens: int, num_beams: int = 1) -> list[str]:
+        """Greedy (or beam) decoding, special tokens removed."""
         ...
 
 
@@ -138,11 +139,11 @@ class TorchBackend:
             lp = logits.log_softmax(-1)[:, token_ids]
         return lp.cpu().tolist()
 
-    def generate(self, sources: list[str], max_new_tokens: int) -> list[str]:
+    def generate(self, sources: list[str], max_new_tokens: int, num_beams: int = 1) -> list[str]:
         with self.torch.inference_mode():
             enc = self._encode(sources)
             out = self.model.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1
+                **enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=num_beams
             )
         return self.tok.batch_decode(out, skip_special_tokens=True)
 
@@ -155,7 +156,9 @@ def no_rationale(task) -> str | None:
 
 
 class Predictor:
-    """A loaded student: `predict(inputs, with_rationale=False)`, batched."""
+    """A loaded student: `predict(inputs, with_rationale=False)`, batched. Generation uses
+    `max_new_tokens` and `num_beams`: `load` takes them from what training recorded in the
+    model dir (`formats.recorded_decoding`), so serving decodes as dev selection and eval do."""
 
     def __init__(
         self,
@@ -164,11 +167,13 @@ class Predictor:
         batch_size: int = 32,
         max_new_tokens: int = 128,
         rule: Rule = "greedy",
+        num_beams: int = 1,
     ):
         self.backend, self.task = backend, task
         self.batch_size, self.max_new_tokens, self.rule = batch_size, max_new_tokens, rule
         own = getattr(backend, "target_affixes", None)
         self.affixes = own() if own else None
+        self.num_beams = num_beams
         self.candidates = (
             Candidates.for_task(task, backend.tok, backend.start_id, self.affixes)
             if task.type == "classification"
@@ -189,6 +194,9 @@ class Predictor:
         if not model_dir.is_dir():
             raise ProtegeError(f"{model_dir}: no such model directory")
         task = load_task(model_dir)
+        recorded = recorded_decoding(model_dir)
+        kw.setdefault("max_new_tokens", int(recorded.get("max_new_tokens") or 128))
+        kw.setdefault("num_beams", int(recorded.get("num_beams") or 1))
         if (model_dir / CT2_MARKER).exists():
             from protege.serve.ct2 import CT2Backend
 
@@ -249,7 +257,7 @@ class Predictor:
     def _predict_batch(self, inputs, sources, with_rationale: bool, fast: bool) -> list[dict]:
         task = self.task
         if task.type == "summarization":
-            texts = [t.strip() for t in self.backend.generate(sources, self.max_new_tokens)]
+            texts = [t.strip() for t in self._generate(sources, self.max_new_tokens)]
             if not self.text_confidence:
                 return [{"text": t} for t in texts]
             scores = self.text_scores(sources, texts)
@@ -264,7 +272,7 @@ class Predictor:
             if multitask:
                 budget = self.label_budget()
             preds = []
-            for text in self.backend.generate(sources, budget):
+            for text in self._generate(sources, budget):
                 p = parse_output(task, text)
                 pred = {"label": p.label, "text": p.text}
                 if with_rationale and not multitask:
@@ -277,14 +285,15 @@ class Predictor:
                 else EXPLAIN_PREFIX + _strip_predict(x)
                 for x in inputs
             ]
-            for pred, text in zip(
-                preds, self.backend.generate(explain, self.max_new_tokens), strict=True
-            ):
+            for pred, text in zip(preds, self._generate(explain, self.max_new_tokens), strict=True):
                 pred["rationale"] = text.strip()
         elif with_rationale and task.format == "label":
             for pred in preds:
                 pred["rationale"] = None  # this student was trained without rationales
         return preds
+
+    def _generate(self, sources: list[str], budget: int) -> list[str]:
+        return self.backend.generate(sources, budget, self.num_beams)
 
     def score(self, sources: list[str]) -> list[dict[str, Any]]:
         """The fast path: one label per input from the closed set, never malformed."""
@@ -323,7 +332,7 @@ class Predictor:
 
         tok = self.backend.tok
         try:
-            prefix, suffix = target_affixes(tok, self.backend.start_id)
+            prefix, suffix = self.affixes or target_affixes(tok, self.backend.start_id)
         except Exception:  # noqa: BLE001  a tokenizer without text_target: no confidence
             return [None] * len(texts)
         out: list[float | None] = []

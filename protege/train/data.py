@@ -89,11 +89,13 @@ def load_examples(
     if max_rows is not None:
         records = records[:max_rows]
     summary = DataSummary(source=str(source))
+    unjudged = 0  # rows min_confidence cannot judge: the teacher gave no confidence
     for record in records:
         if record.get("flagged"):
             summary.skipped_flagged += 1
             continue
         confidence = record.get("confidence")
+        unjudged += min_confidence is not None and confidence is None
         if min_confidence is not None and confidence is not None and confidence < min_confidence:
             summary.skipped_low_confidence += 1
             continue
@@ -107,6 +109,11 @@ def load_examples(
         summary.examples.extend(examples)
     summary.n_records = len(records)
     summary.n_examples = len(summary.examples)
+    if unjudged:
+        print(
+            f"{source}: min_confidence {min_confidence}: {unjudged} of {len(records)} rows have "
+            "no teacher confidence (unavailable, or never computed): kept, not judged"
+        )
     if not summary.examples:
         raise DataError(str(source), "no usable rows (all flagged or missing a rationale)")
     return summary
