@@ -106,10 +106,11 @@ def test_rows_equal_single_process_and_a_rerun_skips_written_shards(cluster, tin
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.jsonl")}
     # As if killed while writing block 2: its shard never appeared, a temp file was left.
     (out / "in.jsonl.part-00002.jsonl").rename(out / ".in.jsonl.part-00002.jsonl.tmp-dead")
-    again = predict_ray(tiny_nli, str(src), str(out), **kw)
+    again = predict_ray(tiny_nli, str(src), str(out), **{**kw, "workers": 1})
     assert (again.n_skipped, again.n_rows) == (4, 264)
     after = {p.name: p.stat().st_mtime_ns for p in out.glob("*.jsonl")}
     assert {n for n in after if after[n] != before.get(n)} == {"in.jsonl.part-00002.jsonl"}
+    assert not list(out.glob(".*"))  # the dead attempt's temp file is cleared
     assert shards(out, "jsonl") == want
     with pytest.raises(
         ProtegeError, match=r"out: was started with another --batch-size \(16, now 8\)"
@@ -137,6 +138,43 @@ def test_parquet_on_the_onnx_classifier_from_a_driver_joining_the_cluster(
     got = shards(out, "parquet")
     assert got == want
     assert set(got[0]["prediction"]["scores"]) == {"entailment", "neutral", "contradiction"}
+
+
+def test_a_killed_worker_has_its_block_retried_and_written_once(cluster, tiny_nli, tmp_path):
+    """SIGKILL one predictor actor once the first shard is out: Ray restarts it and retries
+    its block; every row is written once, as single-process predict writes it."""
+    import signal
+    import threading
+    import time
+
+    src = write_jsonl(tmp_path / "in.jsonl", rows(192))
+    want = single_process(tiny_nli, src, tmp_path / "single.jsonl", "--batch-size", "8")
+    out = tmp_path / "out"
+    killed: list[int] = []
+
+    def kill_one_actor() -> None:
+        deadline = time.monotonic() + 300
+        while not list(out.glob("*.parquet")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for proc in Path("/proc").iterdir():
+            try:
+                cmd = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if proc.name.isdigit() and b"MapBatches(BlockPredictor)" in cmd:
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed.append(int(proc.name))
+                return
+
+    killer = threading.Thread(target=kill_one_actor)
+    killer.start()
+    r = predict_ray(tiny_nli, str(src), str(out), workers=2, batch_size=8, block_rows=16,
+                    progress=False)  # fmt: skip
+    killer.join()
+    assert killed, "no predictor actor was found to kill"
+    assert (r.n_blocks, r.n_rows) == (12, 192)
+    assert shards(out, "parquet") == want
+    assert not list(out.glob(".*"))  # the killed attempt's temp file, if any, is not a shard
 
 
 def test_bad_rows_are_reported_by_file_and_line_and_spare_their_blocks(cluster, tiny_nli, tmp_path):

@@ -109,6 +109,9 @@ def predict_ray(
     finally:
         if started:
             ray.shutdown()
+    for info in _listing(out_fs, out_path):  # a killed attempt's temp file; its block is done
+        if info.base_name.startswith(".") and ".tmp-" in info.base_name:
+            out_fs.delete_file(info.path)
     n_rows, bad = _tally(out_fs, out_path, blocks, fmt)
     return RayPredictResult(output_uri, len(blocks), len(blocks) - len(todo), n_rows, bad)
 
