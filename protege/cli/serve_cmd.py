@@ -18,7 +18,8 @@ import click
     show_default=True,
     help="Score the closed label set, or generate and parse.",
 )
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="cpu", show_default=True,
+              help="Without --ray (with it: --gpus-per-worker).")  # fmt: skip
 @click.option("--ray", "use_ray", is_flag=True,
               help="Run on Ray: INPUT may be a file or directory of JSONL/CSV/Parquet, local or "
               "a URL (s3://, gs://, hf://); one output shard per input block.")  # fmt: skip

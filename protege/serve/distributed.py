@@ -91,13 +91,17 @@ def predict_ray(
     block_rows = -(-max(block_rows, 1) // batch_size) * batch_size  # whole batches per block
     in_fs, in_path = open_fs(input_uri)
     out_fs, out_path = open_fs(output_uri)
-    files = list_inputs(in_fs, in_path)
-    meta = {"model": str(model_dir), "fingerprint": fingerprint, "rationale": with_rationale,
-            "fast": fast, "batch_size": batch_size, "block_rows": block_rows, "format": fmt,
-            "inputs": {rel: in_fs.get_file_info(p).size for p, rel in files}}  # fmt: skip
-    _check_manifest(out_fs, out_path, meta, output_uri)
-    blocks = [b for p, rel in files for b in plan_blocks(in_fs, p, rel, block_rows)]
-    done = {i.base_name for i in _listing(out_fs, out_path)}
+    try:
+        files = list_inputs(in_fs, in_path)
+        meta = {"model": str(model_dir), "fingerprint": fingerprint,
+                "rationale": with_rationale, "fast": fast, "batch_size": batch_size,
+                "block_rows": block_rows, "format": fmt,
+                "inputs": {rel: in_fs.get_file_info(p).size for p, rel in files}}  # fmt: skip
+        _check_manifest(out_fs, out_path, meta, output_uri)
+        blocks = [b for p, rel in files for b in plan_blocks(in_fs, p, rel, block_rows)]
+        done = {i.base_name for i in _listing(out_fs, out_path)}
+    except OSError as e:  # pyarrow's messages name the path
+        raise ProtegeError(str(e).strip().splitlines()[0]) from None
     todo = [b for b in blocks if f"{b.name}.{fmt}" not in done]
     started = _connect(ray, address, workers * threads, gpus * workers)
     try:
