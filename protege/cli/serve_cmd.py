@@ -50,7 +50,9 @@ def predict(model_dir, input_path, output, rationale, batch_size, fast, device, 
     from protege.serve.batch import predict_file
     from protege.serve.predictor import Predictor
 
-    input_path = click.Path(exists=True, dir_okay=False).convert(input_path, None, None)
+    ctx = click.get_current_context()
+    param = next(p for p in ctx.command.params if p.name == "input_path")
+    input_path = click.Path(exists=True, dir_okay=False).convert(input_path, param, ctx)
     predictor = Predictor.load(model_dir, device=device, batch_size=batch_size)
     r = predict_file(
         predictor, input_path, output, with_rationale=rationale, fast=fast, model_dir=model_dir
