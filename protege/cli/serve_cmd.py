@@ -71,8 +71,10 @@ def _predict_ray(model_dir, input_path, output, rationale, batch_size, fast, add
     r = predict_ray(model_dir, input_path, output, address=address, workers=workers,
                     threads=threads, gpus=gpus, batch_size=batch_size, block_rows=block_rows,
                     fmt=fmt, with_rationale=rationale, fast=fast)  # fmt: skip
-    skipped = f" ({r.n_skipped} already written by a previous run)" if r.n_skipped else ""
-    click.echo(f"wrote {r.n_rows} predictions in {r.n_blocks} shards to {r.output}{skipped}")
+    skipped = f"; {r.n_skipped} more were written by a previous run" if r.n_skipped else ""
+    click.echo(
+        f"wrote {r.n_rows} predictions in {r.n_blocks - r.n_skipped} shards to {r.output}{skipped}"
+    )
     if r.bad_rows:
         for line in r.bad_rows[:20]:
             click.echo(f"bad row: {line}", err=True)

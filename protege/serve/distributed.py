@@ -47,7 +47,7 @@ class RayPredictResult:
     n_skipped: int
     """Blocks whose shard a previous run had written."""
     n_rows: int
-    """Rows written, in all shards (skipped ones included)."""
+    """Rows this run wrote (in `n_blocks - n_skipped` shards)."""
     bad_rows: list[str] = field(default_factory=list)
     """`file:line: reason` of every row left out, in all shards."""
 
@@ -104,9 +104,10 @@ def predict_ray(
         raise ProtegeError(str(e).strip().splitlines()[0]) from None
     todo = [b for b in blocks if f"{b.name}.{fmt}" not in done]
     started = _connect(ray, address, workers * threads, gpus * workers)
+    n_rows = 0
     try:
         if todo:
-            _run(ray, todo, model_dir, fingerprint, in_fs, out_fs, out_path,
+            n_rows = _run(ray, todo, model_dir, fingerprint, in_fs, out_fs, out_path,
                  dict(batch_size=batch_size, threads=threads, device="cuda" if gpus else "cpu",
                       fmt=fmt, with_rationale=with_rationale, fast=fast),
                  workers, threads, gpus, progress)  # fmt: skip
@@ -116,7 +117,7 @@ def predict_ray(
     for info in _listing(out_fs, out_path):  # a killed attempt's temp file; its block is done
         if info.base_name.startswith(".") and ".tmp-" in info.base_name:
             out_fs.delete_file(info.path)
-    n_rows, bad = _tally(out_fs, out_path, blocks, fmt)
+    bad = _bad_rows(out_fs, out_path, blocks)
     return RayPredictResult(output_uri, len(blocks), len(blocks) - len(todo), n_rows, bad)
 
 
@@ -192,7 +193,7 @@ def _probe(address: str) -> None:
 
 
 def _run(ray, todo, model_dir, fingerprint, in_fs, out_fs, out_path, opts, workers, threads,
-         gpus, progress) -> None:  # fmt: skip
+         gpus, progress) -> int:  # fmt: skip
     from ray.data import ActorPoolStrategy, DataContext
     from tqdm import tqdm
 
@@ -217,9 +218,12 @@ def _run(ray, todo, model_dir, fingerprint, in_fs, out_fs, out_path, opts, worke
         num_gpus=gpus or None,
     )  # Ray Data's pool replaces a dead actor and retries its block (max_restarts=-1)
     bar = tqdm(total=len(todo), unit="block", desc="predict", disable=not progress)
+    n = 0
     try:
-        for _ in ds.iter_rows():
+        for row in ds.iter_rows():
+            n += int(row["rows"])
             bar.update(1)
+        return n
     except Exception as e:  # a task's error arrives wrapped in Ray's exception types
         cause = getattr(e, "cause", None) or e.__cause__
         if isinstance(cause, ProtegeError):
@@ -262,14 +266,15 @@ class BlockPredictor:
         import numpy as np
 
         done = [self.run(Block.from_json(str(b))) for b in batch["block"]]
-        return {"shard": np.array(done)}
+        return {"rows": np.array(done, dtype=np.int64)}
 
-    def run(self, block: Block) -> str:
+    def run(self, block: Block) -> int:
+        """Predict and write one block; the rows written."""
         import pyarrow.fs as pafs
 
         shard = f"{self.out_path}/{block.name}.{self.fmt}"
         if self.out_fs.get_file_info(shard).type != pafs.FileType.NotFound:
-            return shard  # a retried call whose first attempt finished
+            return _count(self.out_fs, shard, self.fmt)  # a retry; the first attempt finished
         rows, bad = predict_block(self.predictor, self.in_fs, block, self.with_rationale,
                                   self.fast)  # fmt: skip
         errors = f"{self.out_path}/{ERRORS_DIR}/{block.name}.jsonl"
@@ -282,7 +287,7 @@ class BlockPredictor:
         except ProtegeError as e:
             raise ProtegeError(f"{block.path} (block from line {block.first}): {e}") from None
         write_atomic(self.out_fs, shard, data)
-        return shard
+        return len(rows)
 
 
 def predict_block(predictor: Any, fs: Any, block: Block, with_rationale: bool,
@@ -315,23 +320,23 @@ def predict_block(predictor: Any, fs: Any, block: Block, with_rationale: bool,
     return rows, bad
 
 
-def _tally(fs: Any, out: str, blocks: list[Block], fmt: str) -> tuple[int, list[str]]:
-    """(rows in the run's shards, bad rows reported for them)."""
-    import pyarrow.fs as pafs
+def _count(fs: Any, path: str, fmt: str) -> int:
+    """The rows of a written shard."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
 
-    n, bad = 0, []
+        with fs.open_input_file(path) as f:
+            return pq.ParquetFile(f).metadata.num_rows
+    with fs.open_input_stream(path) as f:
+        return f.read().count(b"\n")
+
+
+def _bad_rows(fs: Any, out: str, blocks: list[Block]) -> list[str]:
+    """The bad rows reported for the run's blocks (this run's and earlier runs'), in order."""
+    listed = {i.base_name for i in _listing(fs, f"{out}/{ERRORS_DIR}")}
+    bad = []
     for b in blocks:
-        path = f"{out}/{b.name}.{fmt}"
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            with fs.open_input_file(path) as f:
-                n += pq.ParquetFile(f).metadata.num_rows
-        else:
-            with fs.open_input_stream(path) as f:
-                n += f.read().count(b"\n")
-        errors = f"{out}/{ERRORS_DIR}/{b.name}.jsonl"
-        if fs.get_file_info(errors).type != pafs.FileType.NotFound:
-            with fs.open_input_stream(errors) as f:
+        if f"{b.name}.jsonl" in listed:
+            with fs.open_input_stream(f"{out}/{ERRORS_DIR}/{b.name}.jsonl") as f:
                 bad += [json.loads(line)["error"] for line in f.read().decode().splitlines()]
-    return n, bad
+    return bad
