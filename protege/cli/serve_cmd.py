@@ -9,10 +9,9 @@ from protege.cli.cascade_cmd import teacher_options
 
 @click.command()
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
-@click.argument("input_path", metavar="INPUT.jsonl", type=click.Path(exists=True, dir_okay=False))
-@click.option(
-    "--output", "-o", type=click.Path(dir_okay=False), help="Default: INPUT.predictions.jsonl"
-)
+@click.argument("input_path", metavar="INPUT")
+@click.option("--output", "-o", help="Default: INPUT.predictions.jsonl. With --ray: a directory "
+              "or URL for the shards (required).")  # fmt: skip
 @click.option("--rationale", is_flag=True, help="Also generate the rationale (slower).")
 @click.option("--batch-size", default=32, show_default=True, help="Inputs per model call.")
 @click.option(
@@ -21,15 +20,41 @@ from protege.cli.cascade_cmd import teacher_options
     show_default=True,
     help="Score the closed label set, or generate and parse.",
 )
-@click.option("--device", default="cpu", show_default=True)
-def predict(model_dir, input_path, output, rationale, batch_size, fast, device) -> None:
-    """Predict labels (and rationales) for every row of INPUT.jsonl with the student in MODEL_DIR.
+@click.option("--device", default="cpu", show_default=True,
+              help="Without --ray (with it: --gpus-per-worker).")  # fmt: skip
+@click.option("--ray", "use_ray", is_flag=True,
+              help="Run on Ray: INPUT may be a file or directory of JSONL/CSV/Parquet, local or "
+              "a URL (s3://, gs://, hf://); one output shard per input block.")  # fmt: skip
+@click.option("--address", help="--ray: `auto`, HOST:PORT or ray://HOST:PORT of a running "
+              "cluster (default: start a local instance).")  # fmt: skip
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1),
+              help="--ray: predictor actors.")  # fmt: skip
+@click.option("--threads-per-worker", default=1, show_default=True, type=click.IntRange(1),
+              help="--ray: CPUs (and model threads) per actor.")  # fmt: skip
+@click.option("--gpus-per-worker", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="--ray: GPUs per actor (the model runs on CUDA when > 0).")  # fmt: skip
+@click.option("--block-rows", default=32768, show_default=True, type=click.IntRange(1),
+              help="--ray: rows per input block (rounded up to whole batches).")  # fmt: skip
+@click.option("--output-format", type=click.Choice(["parquet", "jsonl"]), default="parquet",
+              show_default=True, help="--ray: the shards' format.")  # fmt: skip
+def predict(model_dir, input_path, output, rationale, batch_size, fast, device, use_ray,
+            address, workers, threads_per_worker, gpus_per_worker, block_rows,
+            output_format) -> None:  # fmt: skip
+    """Predict labels (and rationales) for every row of INPUT with the student in MODEL_DIR.
 
-    Resumable: an interrupted run leaves OUT.partial, which the next run continues.
+    Resumable: an interrupted run leaves OUT.partial, which the next run continues; with
+    --ray, a rerun skips the shards already written.
     """
+    if use_ray:
+        return _predict_ray(model_dir, input_path, output, rationale, batch_size, fast,
+                            address, workers, threads_per_worker, gpus_per_worker, block_rows,
+                            output_format)  # fmt: skip
     from protege.serve.batch import predict_file
     from protege.serve.predictor import Predictor
 
+    ctx = click.get_current_context()
+    param = next(p for p in ctx.command.params if p.name == "input_path")
+    input_path = click.Path(exists=True, dir_okay=False).convert(input_path, param, ctx)
     predictor = Predictor.load(model_dir, device=device, batch_size=batch_size)
     r = predict_file(
         predictor, input_path, output, with_rationale=rationale, fast=fast, model_dir=model_dir
@@ -37,6 +62,29 @@ def predict(model_dir, input_path, output, rationale, batch_size, fast, device) 
     resumed = f", {r.n_resumed} resumed from a previous run" if r.n_resumed else ""
     bad = f", {r.n_malformed} malformed" if r.n_malformed else ""
     click.echo(f"wrote {r.n_rows} predictions to {r.output}{resumed}{bad}")
+
+
+def _predict_ray(model_dir, input_path, output, rationale, batch_size, fast, address, workers,
+                 threads, gpus, block_rows, fmt) -> None:  # fmt: skip
+    from protege.serve.distributed import predict_ray
+
+    if not output:
+        raise click.UsageError("--ray needs --output (a directory or URL for the shards)")
+    r = predict_ray(model_dir, input_path, output, address=address, workers=workers,
+                    threads=threads, gpus=gpus, batch_size=batch_size, block_rows=block_rows,
+                    fmt=fmt, with_rationale=rationale, fast=fast)  # fmt: skip
+    skipped = f"; {r.n_skipped} more were written by a previous run" if r.n_skipped else ""
+    click.echo(
+        f"wrote {r.n_rows} predictions in {r.n_blocks - r.n_skipped} shards to {r.output}{skipped}"
+    )
+    if r.bad_rows:
+        for line in r.bad_rows[:20]:
+            click.echo(f"bad row: {line}", err=True)
+        more = " (first 20 above)" if len(r.bad_rows) > 20 else ""
+        raise click.ClickException(
+            f"{len(r.bad_rows)} bad rows left out{more}, listed in {r.output}/_errors/; the "
+            "other rows are written"
+        )
 
 
 @click.command()
