@@ -202,6 +202,11 @@ def _student_stages(
         procs.main_only(lambda: _set_aside(train_dir, old))
     # every process: training is the one distributed stage
     stages.run(f"{prefix}train", train_fp, [train_dir / "results.json"], lambda: _train(tcfg))
+    procs.main_only(lambda: _record_prompt(recipe, train_dir))
+    cal_fp = fingerprint(train_fp, file_sha256(dev_path))
+    done = train_dir / "calibration.json"
+    procs.main_only(lambda: stages.run(f"{prefix}calibrate", cal_fp, [done],
+                                       lambda: _calibrate(train_dir, dev_path)))  # fmt: skip
 
     def evaluate_and_report() -> Path:
         teacher_fp = file_sha256(teacher_file) if teacher_file and teacher_file.exists() else None
@@ -240,6 +245,40 @@ def write_best(sub: Path) -> Path | None:
         "serve": f"protege serve {model_dir}",
     })  # fmt: skip
     return sub / "best.json"
+
+
+def _record_prompt(recipe: RecipeConfig, train_dir: Path) -> None:
+    """Every model directory of the run records the teacher prompt its task answers (the
+    teacher's own row: `label` or `summarize` with the recipe's labels and input template),
+    so `protege serve` reads an application's chat requests without being told."""
+    from protege.generate import GenerateConfig
+    from protege.serve.prompts import save_prompt, spec_from_generate
+
+    cfg = from_dict(GenerateConfig, zeroshot_dict(recipe, "in", "out"), "teacher_zeroshot")
+    spec = spec_from_generate(
+        {"recipe": cfg.recipe, "labels": cfg.labels, "input_template": cfg.input_template}
+    )
+    for task_file in sorted(train_dir.rglob("protege_task.json")):
+        save_prompt(spec, task_file.parent)
+
+
+def _calibrate(train_dir: Path, dev_path: Path) -> None:
+    """The cascade's threshold for each student's best checkpoint, chosen on (up to 200) dev
+    rows: the labels it learned stand for the teacher's answers (`protege calibrate`)."""
+    from protege.serve.calibrate import DEFAULT_TARGET, calibrate
+
+    rows = read_records(dev_path)[:200]
+    found = {}
+    for point in sorted(p for p in train_dir.iterdir() if (p / "DONE").exists()):
+        best = next((point / c for c in ("best-accuracy", "best-loss")
+                     if (point / c / "protege_task.json").exists()), None)  # fmt: skip
+        if best is None:
+            continue
+        cal = calibrate(best, rows, DEFAULT_TARGET, data=str(dev_path))
+        found[str(best.relative_to(train_dir))] = {
+            "threshold": cal.threshold, "coverage": cal.coverage, "agreement": cal.agreement,
+        }  # fmt: skip
+    write_json(train_dir / "calibration.json", found)
 
 
 def _require_every_row(out: Path, test: Path, step: str) -> None:

@@ -93,13 +93,16 @@ def free_port() -> int:
 class Server:
     """uvicorn in a background thread; `stop()` is a graceful shutdown (as on SIGTERM)."""
 
-    def __init__(self, predictor, **kw):
+    def __init__(self, predictor, cascade=None, app_factory=None, **kw):
         import uvicorn
 
         from protege.serve.server import ServeConfig, create_app, uvicorn_config
 
         self.cfg = ServeConfig(port=free_port(), **kw)
-        app = create_app(predictor, self.cfg)
+        if app_factory is not None:  # another app with the same guards (the proxy)
+            app = app_factory(self.cfg)
+        else:
+            app = create_app(predictor, self.cfg, cascade)
         self.metrics = app.state.metrics
         config = uvicorn_config(app, self.cfg, timeout_graceful_shutdown=10)
         self.server = uvicorn.Server(config)

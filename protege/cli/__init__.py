@@ -31,14 +31,15 @@ def main() -> None:
     eval       score students (and the teacher) with intervals
     report     Markdown + HTML report of a run directory
     run        generate -> train -> eval -> report from one recipe
-    predict / export / serve   use the student
+    predict / export / serve   use the student (serve: OpenAI-compatible, cascade)
+    proxy / calibrate / traffic   the student in the teacher's place, traffic as data
     """
 
 
 def _register() -> None:
-    from protege.cli import eval_cmd, run_cmd, serve_cmd, teacher_cmd, train_cmd
+    from protege.cli import cascade_cmd, eval_cmd, run_cmd, serve_cmd, teacher_cmd, train_cmd
 
-    for module in (teacher_cmd, train_cmd, eval_cmd, serve_cmd, run_cmd):
+    for module in (teacher_cmd, train_cmd, eval_cmd, serve_cmd, cascade_cmd, run_cmd):
         for command in module.COMMANDS:
             main.add_command(command)
 

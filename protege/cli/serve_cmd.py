@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from protege.cli.cascade_cmd import teacher_options
+
 
 @click.command()
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
@@ -101,21 +103,53 @@ def export(model_dir, fmt, quantization, output, check) -> None:
 @click.option("--fast/--generate", default=True, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=click.IntRange(1), help="CPU threads for the model (default: all).")
+@click.option("--served-model-name", default="", help="Name in /v1/models and in answers "
+              "(default: MODEL_DIR's name).")  # fmt: skip
+@click.option(
+    "--prompt-template",
+    help="The teacher prompt chat requests carry: a recipe name "
+    "(label, summarize ...), a .j2 file, or raw (default: what MODEL_DIR recorded).",
+)
+@teacher_options
+@click.option(
+    "--target-agreement",
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Cascade: the threshold `protege calibrate` chose for this agreement.",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1),
+    help="Cascade: below this student confidence the teacher answers.",
+)
+@click.option(
+    "--shadow",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Cascade: share of student answers also sent to the teacher (agreement).",
+)
 @click.pass_context
 def serve(ctx, model_dir, host, port, api_key_file, api_key, allowed_host, cors_origin,
           max_batch_size, max_batch_tokens, max_wait_ms, max_body_bytes, max_input_chars,
-          max_connections, header_timeout, reject_delay, fast, device, threads) -> None:  # fmt: skip
-    """Serve the student in MODEL_DIR over HTTP: POST /v1/predict, /healthz, /metrics.
+          max_connections, header_timeout, reject_delay, fast, device, threads,
+          served_model_name, prompt_template, teacher, model, base_url, max_cost, teacher_opts,
+          target_agreement, threshold, shadow) -> None:  # fmt: skip
+    """Serve the student in MODEL_DIR over HTTP.
 
     \b
-    POST /v1/predict  {"inputs": [{"premise": ..., "hypothesis": ...} or "text", ...],
-                       "rationale": false}
-                  ->  {"predictions": [{"label": ..., "text": ...}, ...]}
-    A record has the fields of the task's input_template; a string is the source as is.
-    Classifier students add "scores"; "rationale": true adds a rationale student's
-    "rationale". Errors: 400/413/422 with {"error": "one line"}.
-    GET /healthz: {"status": "ok", "task", "format", "labels"}; GET /metrics: Prometheus.
-    After `protege run`, RUN_DIR/best.json names the checkpoint to serve.
+    POST /v1/chat/completions, GET /v1/models   OpenAI's API: change the app's base_url only
+    POST /v1/predict   {"inputs": [{"premise": ..., "hypothesis": ...} or "text", ...],
+                        "rationale": false}
+                       -> {"predictions": [{"label", "text", "score", "scores"?, "rationale"?}]}
+    GET /healthz {"status": "ok", "task", "format", "labels"}, /metrics (Prometheus)
+
+    A /v1/predict record has the fields of the task's input_template; a string is the source
+    as is; "rationale": true is for students trained with rationales (others answer 422);
+    a bad request gets 400/413/422 and {"error": "one line"}. After `protege run`,
+    RUN_DIR/best.json (with variants RUN_DIR/<variant>/best.json) names the checkpoint to serve.
+
+    With --teacher (and --target-agreement or --threshold) the teacher answers what the
+    student is unsure of, and its answers are stored as training data.
     """
     from click.core import ParameterSource
 
@@ -148,11 +182,33 @@ def serve(ctx, model_dir, host, port, api_key_file, api_key, allowed_host, cors_
         allowed_hosts=list(allowed_host),
         cors_origins=list(cors_origin),
         fast=fast,
+        served_name=served_model_name,
+        prompt_template=prompt_template,
     )
     check_key_policy(host, api_key)  # before loading the model
+    wants = teacher or target_agreement is not None or threshold is not None
+    if wants and (not teacher or (target_agreement is None) == (threshold is None)):
+        raise click.UsageError("a cascade needs --teacher and one of --target-agreement or "
+                               "--threshold")  # fmt: skip
+    if not wants and (shadow or model or base_url or max_cost is not None):
+        raise click.UsageError("--model, --base-url, --max-cost and --shadow need --teacher")
+    if target_agreement is not None:
+        from protege.serve.calibrate import threshold_for
+
+        threshold = threshold_for(model_dir, target_agreement).threshold
     predictor = Predictor.load(model_dir, device=device, threads=threads, batch_size=max_batch_size)
-    click.echo(f"serving {model_dir} on http://{host}:{port} (Ctrl-C to stop)", err=True)
-    serve(predictor, cfg)
+    if not teacher:
+        click.echo(f"serving {model_dir} on http://{host}:{port} (Ctrl-C to stop)", err=True)
+        serve(predictor, cfg)
+        return
+    from protege.cli.cascade_cmd import live_teacher, teacher_config
+    from protege.serve.cascade import Cascade
+
+    tcfg = teacher_config(teacher, model, base_url, teacher_opts)
+    with live_teacher(tcfg, "cascade", max_cost, f"serve cascade :{port}") as relay:
+        click.echo(f"serving {model_dir} on http://{host}:{port}, the teacher {tcfg.model_name} "
+                   f"below confidence {threshold:.4f} (Ctrl-C to stop)", err=True)  # fmt: skip
+        serve(predictor, cfg, Cascade(relay, threshold, shadow))
 
 
 COMMANDS = [predict, export, serve]

@@ -124,8 +124,8 @@ def get_recipe(name_or_path: str) -> Recipe:
 class Template:
     """A loaded template: renders records to chat messages."""
 
-    def __init__(self, path: Path):
-        source = path.read_text(encoding="utf-8")
+    def __init__(self, path: Path, source: str | None = None):
+        source = path.read_text(encoding="utf-8") if source is None else source
         env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
         try:
             self.template = env.from_string(source)
@@ -137,6 +137,11 @@ class Template:
         self.hash = hashlib.sha256(source.encode()).hexdigest()[:16]
         self.variables = jinja2.meta.find_undeclared_variables(ast)
         self.path = path
+
+    @classmethod
+    def from_source(cls, source: str, name: str) -> Template:
+        """A template from its text (one a model directory recorded)."""
+        return cls(Path(name), source)
 
     def record_fields(self) -> set[str]:
         """Record fields the template reads directly."""

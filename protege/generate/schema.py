@@ -110,3 +110,14 @@ def parse_json(text: str, schema: dict[str, Any]) -> tuple[dict[str, Any] | None
         return None, f"answer is not JSON: {text.strip()[:60]!r}"
     problem = validate(value, schema)
     return (None, problem) if problem else (value, None)
+
+
+def schema_of_params(params: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema a stored request's `response_format` asked for (OpenAI's json_schema,
+    or llama-cpp-python's json_object with a schema), or None."""
+    fmt = params.get("response_format") or {}
+    if not isinstance(fmt, dict):
+        return None
+    if fmt.get("type") == "json_schema":
+        return (fmt.get("json_schema") or {}).get("schema")
+    return fmt.get("schema") if fmt.get("type") == "json_object" else None

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from protege.data.io import atomic_write_text
+from protege.report.cascade import calibrations, cascade_section
 from protege.report.confidence import confidence_section
 from protege.report.html import render_html
 from protege.report.markdown import render_markdown
@@ -50,12 +51,14 @@ def assemble_report(run_dir: str | Path, hourly_price_usd: float | None = None) 
         task_sections = [bleu_curves_section(run), best_model_section(run)]
         if confidence := confidence_section(run):  # only when the teacher recorded confidence
             task_sections.append(confidence)
+    cascade = cascade_section(calibrations(run_dir / "train"), run.out_dir / "cascade.png")
     sections = [
         hygiene_section(run),
         grid_section(run),
         eval_vs_test_section(run),
         curves_section(run),
         *task_sections,
+        *([cascade] if cascade else []),
         cost_section(run, hourly_price_usd),
     ]
     return Report(f"protege report: {run_dir.name}", meta, sections)

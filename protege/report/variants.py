@@ -132,12 +132,18 @@ def build_variants_report(
         table.empty = "No variant has an eval/summary.json yet."
     if missing:
         table.paragraphs.append(f"Not evaluated yet: {', '.join(missing)}.")
+    from protege.report.cascade import calibrations, cascade_section
+
+    cals = {}
+    for v in variants:
+        cals.update(calibrations(run_dir / v / "train", lambda p, v=v: f"{v}: {p}"))
+    cascade = cascade_section(cals, out / "cascade.png")
     links = Section("Variant reports")
     links.paragraphs += [f"[{v}](../{v}/report/report.html)" for v in variants]
     report = Report(
         f"protege report: {run_dir.name} ({len(variants)} students)",
         [f"run directory: `{run_dir}`", f"variants: {', '.join(variants)}"],
-        [table, spend_section(run_dir, "Teacher spend"), links],
+        [table, *([cascade] if cascade else []), spend_section(run_dir, "Teacher spend"), links],
     )
     atomic_write_text(out / "report.md", render_markdown(report))
     atomic_write_text(out / "report.html", render_html(report))

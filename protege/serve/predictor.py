@@ -170,6 +170,10 @@ class Predictor:
             if task.type == "classification"
             else None
         )
+        self.model_dir: Path | None = None
+        self.text_confidence = False
+        """Summaries carry a `score`: exp(mean token log-probability) of the generated text
+        (one more teacher-forced pass; `serve` and `calibrate` turn it on)."""
 
     @classmethod
     def load(
@@ -197,7 +201,9 @@ class Predictor:
             from protege.students import open_backend
 
             backend = open_backend(model_dir, task, device=device, threads=threads)
-        return cls(backend, task, **kw)
+        predictor = cls(backend, task, **kw)
+        predictor.model_dir = model_dir
+        return predictor
 
     def source(self, item: dict[str, Any] | str, source: str = "input") -> str:
         """The encoder input for a record (rendered with the task template) or a raw string."""
@@ -239,8 +245,11 @@ class Predictor:
     def _predict_batch(self, inputs, sources, with_rationale: bool, fast: bool) -> list[dict]:
         task = self.task
         if task.type == "summarization":
-            texts = self.backend.generate(sources, self.max_new_tokens)
-            return [{"text": t.strip()} for t in texts]
+            texts = [t.strip() for t in self.backend.generate(sources, self.max_new_tokens)]
+            if not self.text_confidence:
+                return [{"text": t} for t in texts]
+            scores = self.text_scores(sources, texts)
+            return [{"text": t, "score": s} for t, s in zip(texts, scores, strict=True)]
         multitask = task.format == "multitask"
         if fast and supports_scoring(task) and (not with_rationale or multitask):
             preds = self.score(sources)
@@ -285,17 +294,40 @@ class Predictor:
             # Distinct first tokens: constrained greedy decides at the first step, so one
             # decoder step suffices (NLI: en|neutral|contradiction). Score = p(first token).
             preds = []
+            labels = self.candidates.labels
             for lps in self.backend.first_logprobs(sources, firsts):
                 k = max(range(len(firsts)), key=lambda j: lps[j])
-                label = self.candidates.labels[k]
-                preds.append({"label": label, "text": label, "score": round(math.exp(lps[k]), 4)})
+                scores = {lab: round(math.exp(lp), 4) for lab, lp in zip(labels, lps, strict=True)}
+                preds.append({"label": labels[k], "text": labels[k], "score": scores[labels[k]],
+                              "scores": scores})  # fmt: skip
             return preds
         preds = []
         for lps in self.backend.token_logprobs(sources, ids, prefix):
             k = choose(ids, lps, self.rule)
-            label = self.candidates.labels[k]
-            preds.append({"label": label, "text": label, "score": round(sequence_score(lps[k]), 4)})
+            labels = self.candidates.labels
+            scores = {
+                lab: round(sequence_score(lp), 4) for lab, lp in zip(labels, lps, strict=True)
+            }
+            preds.append({"label": labels[k], "text": labels[k], "score": scores[labels[k]],
+                          "scores": scores})  # fmt: skip
         return preds
+
+    def text_scores(self, sources: list[str], texts: list[str]) -> list[float | None]:
+        """exp(mean token log-probability) of each text as the student's answer to its source
+        (teacher-forced, the end token included); None where it cannot be scored."""
+        from protege.targets import target_affixes
+
+        tok = self.backend.tok
+        try:
+            prefix, suffix = target_affixes(tok, self.backend.start_id)
+        except Exception:  # noqa: BLE001  a tokenizer without text_target: no confidence
+            return [None] * len(texts)
+        out: list[float | None] = []
+        for source, text in zip(sources, texts, strict=True):
+            ids = tok(text, add_special_tokens=False)["input_ids"] + suffix
+            lps = self.backend.token_logprobs([source], [ids], prefix)[0][0]
+            out.append(round(math.exp(sum(lps) / len(lps)), 4) if lps else None)
+        return out
 
     def _from_probs(self, probs: list[float]) -> dict[str, Any]:
         labels = self.task.labels

@@ -2,6 +2,9 @@
 
     POST /v1/predict  {"inputs": [record or string, ...], "rationale": false}
                       -> {"predictions": [{"label", "text", "rationale"?}, ...]}
+    POST /v1/chat/completions, GET /v1/models
+                      OpenAI's chat completions: the student in the teacher's place, with a
+                      cascade to the teacher when one is given (`chat_routes.py`)
     GET  /healthz     liveness and what is loaded
     GET  /metrics     Prometheus text: requests, latency histogram, batch sizes, errors
 
@@ -26,6 +29,7 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from protege.errors import DataError, ProtegeError
@@ -82,6 +86,12 @@ class ServeConfig:
     """Host header names accepted besides localhost, 127.0.0.1, [::1] and the bound host."""
     cors_origins: list[str] = field(default_factory=list)
     """Browser origins allowed to call the server (none: cross-origin requests get 403)."""
+    served_name: str = ""
+    """The model name `/v1/models` lists and chat completions answer with (default: the model
+    directory's name)."""
+    prompt_template: str | None = None
+    """The teacher prompt the chat route reads the student's input from: a recipe name, a
+    `.j2` file or `raw` (None: what the model directory recorded, else the task's own)."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -127,16 +137,23 @@ class RequestError(Exception):
         self.status, self.reason, self.kind = status, reason, kind
 
 
-def create_app(predictor: Predictor, cfg: ServeConfig):
-    """The ASGI app; `cfg.api_key` (or $PROTEGE_API_KEY) turns authentication on."""
+def create_app(predictor: Predictor, cfg: ServeConfig, cascade=None):
+    """The ASGI app; `cfg.api_key` (or $PROTEGE_API_KEY) turns authentication on; `cascade`
+    (`cascade.Cascade`) puts the teacher behind the chat route."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, PlainTextResponse
 
+    from protege.serve.chat_routes import ChatContext, add_chat_routes
     from protege.serve.origin import OriginGuard
+    from protege.serve.prompts import MessageReader, resolve_spec
 
     metrics = Metrics()
     api_key = cfg.api_key or os.environ.get(API_KEY_ENV) or None
     state: dict[str, Batcher] = {}
+    model_dir = getattr(predictor, "model_dir", None) or "student"
+    reader = MessageReader(resolve_spec(model_dir, predictor.task, cfg.prompt_template),
+                           predictor.task)  # fmt: skip
+    predictor.text_confidence = True  # summaries carry a confidence (chat header, cascade)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -145,8 +162,12 @@ def create_app(predictor: Predictor, cfg: ServeConfig):
             cfg.fast,
         )  # fmt: skip
         await state["batcher"].start()
+        if cascade is not None:
+            await cascade.relay.start()
         yield
         await state["batcher"].stop()
+        if cascade is not None:
+            await cascade.close()
 
     app = FastAPI(title="protege", lifespan=lifespan)
     app.state.metrics = metrics
@@ -195,6 +216,25 @@ def create_app(predictor: Predictor, cfg: ServeConfig):
             return internal_error("model", metrics)
         return {"predictions": preds}
 
+    async def submit(sources: list[str], rationale: bool) -> list[dict[str, Any]]:
+        try:
+            return await state["batcher"].submit(sources, rationale)
+        except Exception as e:
+            error_id = uuid.uuid4().hex[:12]
+            log.exception(f"model error {error_id}")
+            metrics.error("model")
+            from protege.serve.chat import ChatError
+
+            raise ChatError(500, f"internal error (id {error_id})", type_="server_error") from e
+
+    add_chat_routes(app, ChatContext(
+        predictor=predictor, reader=reader, metrics=metrics, submit=submit,
+        served_name=cfg.served_name or Path(str(model_dir)).name, authorise=authorise,
+        read_body=lambda request: read_body(request, cfg),
+        source_of=lambda item: input_source(predictor, item, 0, cfg),
+        client_error=RequestError, cascade=cascade,
+    ))  # fmt: skip
+
     guarded: Any = app
     if cfg.cors_origins:
         from starlette.middleware.cors import CORSMiddleware
@@ -218,7 +258,8 @@ class Counted:
     (Plain ASGI: Starlette's `@app.middleware` costs a task per request.) An exception that
     left the app was already answered with a 500 and logged with its id: it stops here."""
 
-    PATHS = ("/v1/predict", "/healthz", "/metrics")
+    PATHS = ("/v1/predict", "/v1/chat/completions", "/v1/models", "/healthz", "/metrics")
+    TIMED = ("/v1/predict", "/v1/chat/completions")
 
     def __init__(self, app, metrics: Metrics, reject_delay_s: float = 0.0):
         self.app, self.metrics, self.reject_delay_s = app, metrics, reject_delay_s
@@ -243,7 +284,7 @@ class Counted:
                 log.exception("internal error before any response")
         finally:
             path = scope["path"]
-            seconds = time.perf_counter() - t0 if path == "/v1/predict" else None
+            seconds = time.perf_counter() - t0 if path in self.TIMED else None
             known = path if path in self.PATHS else "other"
             self.metrics.request(known, status or 500, seconds)
 
@@ -366,11 +407,11 @@ def uvicorn_config(app, cfg: ServeConfig, **kw: Any):
     return uvicorn.Config(app, **{**options, **kw})
 
 
-def serve(predictor: Predictor, cfg: ServeConfig) -> None:
+def serve(predictor: Predictor, cfg: ServeConfig, cascade=None) -> None:
     """Run the server until interrupted (SIGINT/SIGTERM shut it down gracefully)."""
     import uvicorn
 
     api_key = cfg.api_key or os.environ.get(API_KEY_ENV) or None
     check_key_policy(cfg.host, api_key)
     cfg.api_key = api_key
-    uvicorn.Server(uvicorn_config(create_app(predictor, cfg), cfg)).run()
+    uvicorn.Server(uvicorn_config(create_app(predictor, cfg, cascade), cfg)).run()
