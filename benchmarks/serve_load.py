@@ -237,7 +237,7 @@ def metrics(port: int) -> dict[str, float]:
     """Inputs waiting now and dropped so far, from the server's /metrics."""
     import urllib.request
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=120) as r:
         text = r.read().decode()
     value = {
         line.split()[0]: float(line.split()[1])
@@ -260,6 +260,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--model", type=Path, help="serve this trained tiny model (no training)")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = HOSTILE + args.clients + POISONED + 512
@@ -270,7 +271,7 @@ def main() -> None:
 
     rows = nli_rows("dev")
     with tempfile.TemporaryDirectory() as tmp:
-        model = train_tiny(Path(tmp) / "tiny")
+        model = args.model or train_tiny(Path(tmp) / "tiny")
         port = free_port()
         log = Path(tmp) / "serve.log"
         server = start_server(model, port, log)

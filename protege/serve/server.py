@@ -383,6 +383,9 @@ async def read_body(request, cfg: ServeConfig) -> bytes:
         raise RequestError(
             400, "client disconnected before sending the body", "disconnected"
         ) from e
+    await asyncio.sleep(0)  # a hang-up right after the body: seen before any parsing
+    if await request.is_disconnected():
+        raise RequestError(499, "client disconnected after sending its body", "abandoned")
     return b"".join(chunks)
 
 
