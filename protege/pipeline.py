@@ -372,7 +372,11 @@ def _train(cfg: dict[str, Any]) -> None:
 
 
 def _evaluate(
-    recipe: RecipeConfig, run: Path, test: Path, teacher_file: Path | None, extra: dict | None
+    recipe: RecipeConfig,
+    run: Path,
+    test: Path,
+    teacher_file: Path | None,
+    extra: dict | None = None,
 ) -> None:
     from protege.evaluate import evaluate_run
 
