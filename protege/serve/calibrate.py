@@ -176,6 +176,7 @@ def plot_curve(cals: dict[str, Calibration], out: Path) -> Path:
     ax.legend(loc="lower left", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
