@@ -26,6 +26,7 @@ from protege.serve.server import (
     RequestError,
     ServeConfig,
     check_key_policy,
+    key_given,
     read_body,
     uvicorn_config,
 )
@@ -33,8 +34,6 @@ from protege.serve.server import (
 
 def create_proxy_app(relay: TeacherRelay, cfg: ServeConfig):
     """The proxy's ASGI app (module docstring)."""
-    import hmac
-
     from protege.serve.origin import OriginGuard
 
     metrics = Metrics()
@@ -50,13 +49,16 @@ def create_proxy_app(relay: TeacherRelay, cfg: ServeConfig):
     app.state.metrics = metrics
 
     def authorise(request: Request) -> None:
-        if not api_key:
-            return
-        auth = request.headers.get("authorization") or ""
-        given = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-        given = given or request.headers.get("x-api-key") or ""
-        if not hmac.compare_digest(given.encode(), api_key.encode()):
+        if not key_given(request, api_key):
             raise ChatError(401, "missing or invalid API key", code="invalid_api_key")
+
+    def denied(request: Request) -> JSONResponse | None:
+        """The 401 for a request without the key (OpenAI's shape), else None."""
+        try:
+            authorise(request)
+        except ChatError as e:
+            return _error(e)
+        return None
 
     @app.get("/healthz")
     async def healthz():
@@ -64,18 +66,14 @@ def create_proxy_app(relay: TeacherRelay, cfg: ServeConfig):
 
     @app.get("/metrics")
     async def prometheus(request: Request):
-        try:
-            authorise(request)
-        except ChatError as e:
-            return _error(e)
+        if refused := denied(request):
+            return refused
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
     async def models(request: Request):
-        try:
-            authorise(request)
-        except ChatError as e:
-            return _error(e)
+        if refused := denied(request):
+            return refused
         entry = {"id": relay.cfg.model_name, "object": "model", "created": int(time.time()),
                  "owned_by": "protege-proxy"}  # fmt: skip
         return {"object": "list", "data": [entry]}

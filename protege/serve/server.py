@@ -138,6 +138,17 @@ def check_key_policy(host: str, api_key: str | None) -> None:
         )
 
 
+def key_given(request, api_key: str | None) -> bool:
+    """No key required, or the request carries it (`Authorization: Bearer` or `X-API-Key`)."""
+    if not api_key:
+        return True
+    given = request.headers.get("x-api-key") or ""
+    auth = request.headers.get("authorization") or ""
+    if auth.lower().startswith("bearer "):
+        given = auth[7:].strip()
+    return hmac.compare_digest(given.encode(), api_key.encode())
+
+
 class RequestError(Exception):
     """A client error: HTTP status and a one-line reason."""
 
@@ -182,13 +193,7 @@ def create_app(predictor: Predictor, cfg: ServeConfig, cascade=None):
     app.state.metrics = metrics
 
     def authorise(request: Request) -> None:
-        if not api_key:
-            return
-        given = request.headers.get("x-api-key") or ""
-        auth = request.headers.get("authorization") or ""
-        if auth.lower().startswith("bearer "):
-            given = auth[7:].strip()
-        if not hmac.compare_digest(given.encode(), api_key.encode()):
+        if not key_given(request, api_key):
             raise RequestError(401, "missing or invalid API key", "unauthorized")
 
     @app.exception_handler(RequestError)
