@@ -197,22 +197,9 @@ class Predictor:
         recorded = recorded_decoding(model_dir)
         kw.setdefault("max_new_tokens", int(recorded.get("max_new_tokens") or 128))
         kw.setdefault("num_beams", int(recorded.get("num_beams") or 1))
-        if (model_dir / CT2_MARKER).exists():
-            from protege.serve.ct2 import CT2Backend
+        from protege.students import open_runtime
 
-            backend: Backend = CT2Backend(model_dir, device=device, threads=threads)
-        elif (model_dir / CT2_CAUSAL_MARKER).exists():
-            from protege.serve.ct2_causal import CT2CausalBackend
-
-            backend = CT2CausalBackend(model_dir, device=device, threads=threads)
-        elif (model_dir / ONNX_MARKER).exists():
-            from protege.serve.onnx import OnnxClassifierBackend
-
-            backend = OnnxClassifierBackend(model_dir, device=device, threads=threads)
-        else:  # a PyTorch student of any kind (protege.students)
-            from protege.students import open_backend
-
-            backend = open_backend(model_dir, task, device=device, threads=threads)
+        backend = open_runtime(model_dir, task, device=device, threads=threads)
         predictor = cls(backend, task, **kw)
         predictor.model_dir = model_dir
         return predictor

@@ -8,6 +8,7 @@ loads it with that kind's module. Nothing else in protege needs to know which ki
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Literal
@@ -17,18 +18,26 @@ from protege.formats import TaskConfig
 from protege.students.base import Student, StudentOptions
 
 Kind = Literal["auto", "seq2seq", "causal", "classifier"]
-KINDS = ("seq2seq", "causal", "classifier")
+REGISTRY: dict[str, str] = {
+    "seq2seq": "protege.students.seq2seq:Seq2SeqStudent",
+    "causal": "protege.students.causal:CausalStudent",
+    "classifier": "protege.students.classifier:ClassifierStudent",
+}
+"""kind -> its class ("module:Class"), imported only when that kind is used."""
+KINDS = tuple(REGISTRY)
 
 
-def student_class(kind: str) -> type[Student]:
-    from protege.students.causal import CausalStudent
-    from protege.students.classifier import ClassifierStudent
-    from protege.students.seq2seq import Seq2SeqStudent
-
-    classes = {c.kind: c for c in (Seq2SeqStudent, CausalStudent, ClassifierStudent)}
-    if kind not in classes:
+def kind_class(kind: str) -> type[Student]:
+    """The class of a student kind, by name."""
+    if kind not in REGISTRY:
         raise ConfigError(f"student kind {kind!r}: expected one of {', '.join(KINDS)} or auto")
-    return classes[kind]
+    module, name = REGISTRY[kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def student_class(name: str | Path, kind: str = "auto") -> type[Student]:
+    """The class of the student `name` is (an explicit `kind`, else what it says it is)."""
+    return kind_class(detect_kind(name, kind)[1])
 
 
 def resolve(name: str | Path) -> tuple[str, str | None]:
@@ -46,6 +55,8 @@ def resolve(name: str | Path) -> tuple[str, str | None]:
 
 def kind_from_config(config: dict) -> str | None:
     """The kind a model's config.json says it is, or None when it does not say."""
+    if config.get("protege_kind") in REGISTRY:  # a kind without a transformers config
+        return config["protege_kind"]
     if config.get("is_encoder_decoder"):
         return "seq2seq"
     for arch in config.get("architectures") or []:
@@ -75,7 +86,7 @@ def detect_kind(name: str | Path, kind: str = "auto") -> tuple[str, str]:
     """(resolved path, kind) for a model name and an optional explicit kind."""
     path, implied = resolve(name)
     if kind != "auto":
-        student_class(kind)  # validates the name
+        kind_class(kind)  # validates the name
         return path, kind
     if implied:
         return path, implied
@@ -102,16 +113,23 @@ def load_student(
     """A `Student` of the right kind for `name`, checked against `task`; `seed`: what a
     `protege:` seq2seq student's random parameters are drawn from."""
     path, kind = detect_kind(name, kind)
-    cls = student_class(kind)
+    cls = kind_class(kind)
     if task is not None:
         cls.check_task(task)
     return cls.load(path, task, options or StudentOptions(), seed)
 
 
-def open_backend(model_dir: str | Path, task: TaskConfig, device: str = "cpu", threads=None):
-    """The predictor backend for a saved student dir (its kind read from its config)."""
+def open_runtime(model_dir: str | Path, task: TaskConfig, device: str = "cpu", threads=None):
+    """What `serve.predictor.Predictor` runs a model dir with: an export's runtime where the
+    dir is one (each kind names the marker files of its exports), else the saved student's
+    own backend (its kind read from its config)."""
+    model_dir = Path(model_dir)
+    for kind in KINDS:
+        for marker, opener in kind_class(kind).runtimes().items():
+            if (model_dir / marker).exists():
+                return opener(model_dir, device=device, threads=threads)
     _, kind = detect_kind(model_dir)
-    return student_class(kind).backend(model_dir, task, device=device, threads=threads)
+    return kind_class(kind).backend(model_dir, task, device=device, threads=threads)
 
 
 def export_student(
@@ -120,7 +138,7 @@ def export_student(
     """Export a saved student in its kind's format (`ct2` for seq2seq and causal students,
     `onnx` for classifiers); `fmt=None` picks the kind's first."""
     _, kind = detect_kind(model_dir)
-    exporters = student_class(kind).exporters()
+    exporters = kind_class(kind).exporters()
     fmt = fmt or next(iter(exporters))
     if fmt not in exporters:
         raise ConfigError(
@@ -136,5 +154,7 @@ __all__ = [
     "detect_kind",
     "export_student",
     "load_student",
-    "open_backend",
+    "kind_class",
+    "open_runtime",
+    "student_class",
 ]

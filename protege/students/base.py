@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -48,6 +49,15 @@ def encode_targets(
         last = tags[-1] if tags else TAGS[example.segments[-1][0]]
         out.append((ids + [eos], tags + [last], label_reach(pieces, 1)))
     return out
+
+
+@dataclass
+class Fitted:
+    """One candidate a self-fitting kind trained: its dev metrics (`eval_accuracy`,
+    `eval_loss`, its hyper-parameters under `params`) and the fitted model."""
+
+    metrics: dict[str, Any]
+    model: Any
 
 
 class Student(ABC):
@@ -92,6 +102,14 @@ class Student(ABC):
 
     # ---- training --------------------------------------------------------------------------
 
+    fits_itself: ClassVar[bool] = False
+    """A kind trained without gradient steps (classical): `train.fit` asks its `fit` for
+    candidates, where the other kinds go through the training loop."""
+
+    def fit(self, train: list[Example], dev: list[Example], seed: int) -> list[Fitted]:
+        """Candidates fitted on `train` and scored on `dev` (a kind's small grid)."""
+        raise NotImplementedError(f"a {self.kind} student trains in the training loop")
+
     @abstractmethod
     def encode(self, examples: list[Example], max_source_len: int, max_target_len: int) -> list:
         """Training rows (`Encoded`) for `examples`."""
@@ -117,6 +135,12 @@ class Student(ABC):
     @classmethod
     def exporters(cls) -> dict[str, Callable[..., Path]]:
         """Export formats of this kind: name -> f(model_dir, output, quantization) -> dir."""
+        return {}
+
+    @classmethod
+    def runtimes(cls) -> dict[str, Callable[..., Any]]:
+        """This kind's exported runtimes: marker file of an export dir -> f(model_dir, device,
+        threads) -> the predictor backend that runs it."""
         return {}
 
     def save(self, model, dest: Path) -> None:

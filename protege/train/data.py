@@ -21,8 +21,8 @@ import torch
 
 from protege.config import fingerprint
 from protege.data.io import file_sha256, is_file_source, read_records, split_source
-from protege.errors import DataError
-from protege.formats import Example, TaskConfig, clip_sources, make_examples
+from protege.errors import ConfigError, DataError
+from protege.formats import Example, TaskConfig, clip_sources, make_examples, render_input
 from protege.targets import target_affixes
 from protege.train.loss import IGNORE, LABEL_TAG, PAD_TAG, RATIONALE_TAG
 
@@ -253,3 +253,27 @@ def data_fingerprint(*sources: str, max_rows: int | None = None) -> str:
         else:
             parts.append(source)
     return fingerprint(parts, max_rows)
+
+
+def refuse_selection_on_training_rows(cfg, task, train, dev) -> None:
+    """Split hygiene in `protege train` itself: dev rows that are training rows would select
+    checkpoints on what the student memorised. Refused when dev shares uids with training, or
+    when every dev input is a training input (the same rows without uids); a partial input
+    overlap (real datasets repeat some texts across splits) is reported on one line."""
+    from protege.evaluate.hygiene import check_splits, normalise_text
+
+    found = check_splits({"train_data": train, "dev_data": dev}, task)
+    if found["ok"] or cfg.allow_dev_overlap:
+        return
+    (pair,) = found["pairs"]
+    inputs = {normalise_text(render_input(task, r)) for r in dev} - {""}
+    what = (
+        f"dev_data {cfg.dev_data} shares {pair['same_uid']} uids and {pair['same_input']} "
+        f"inputs with train_data {cfg.train_data} (of {len(dev)} dev rows)"
+    )
+    if pair["same_uid"] or pair["same_input"] >= len(inputs):
+        raise ConfigError(
+            f"{what}: selection on training rows is refused; use disjoint rows (e.g. "
+            f"data.jsonl[:800] and data.jsonl[800:]) or set allow_dev_overlap=true"
+        )
+    print(f"split hygiene: {what}")

@@ -23,15 +23,21 @@ import numpy as np
 import torch
 
 from protege.config import to_dict
-from protege.data.io import atomic_write_text, iter_jsonl, write_json
+from protege.data.io import atomic_write_text, write_json
 from protege.errors import ConfigError
-from protege.formats import model_task_prefix, render_input
+from protege.formats import model_task_prefix
 from protege.students import load_student
 from protege.train import checkpoint
 from protege.train.config import TrainConfig
-from protege.train.data import data_fingerprint, length_grouped_batches, load_examples
+from protege.train.data import (
+    data_fingerprint,
+    length_grouped_batches,
+    load_examples,
+    refuse_selection_on_training_rows,
+)
 from protege.train.dev_eval import evaluate
 from protege.train.loss import TokenSums, split_loss, token_sums
+from protege.train.results import json_lines, read_upto, result_entry
 
 
 def set_seed(seed: int) -> None:
@@ -110,30 +116,6 @@ def generation_budget(cfg: TrainConfig, task, encoded) -> int:
     if task.type != "classification" or not encoded:
         return cfg.generation.max_new_tokens
     return max(cfg.generation.max_new_tokens, max(e.label_reach for e in encoded))
-
-
-def refuse_selection_on_training_rows(cfg: TrainConfig, task, train, dev) -> None:
-    """Split hygiene in `protege train` itself: dev rows that are training rows would select
-    checkpoints on what the student memorised. Refused when dev shares uids with training, or
-    when every dev input is a training input (the same rows without uids); a partial input
-    overlap (real datasets repeat some texts across splits) is reported on one line."""
-    from protege.evaluate.hygiene import check_splits, normalise_text
-
-    found = check_splits({"train_data": train, "dev_data": dev}, task)
-    if found["ok"] or cfg.allow_dev_overlap:
-        return
-    (pair,) = found["pairs"]
-    inputs = {normalise_text(render_input(task, r)) for r in dev} - {""}
-    what = (
-        f"dev_data {cfg.dev_data} shares {pair['same_uid']} uids and {pair['same_input']} "
-        f"inputs with train_data {cfg.train_data} (of {len(dev)} dev rows)"
-    )
-    if pair["same_uid"] or pair["same_input"] >= len(inputs):
-        raise ConfigError(
-            f"{what}: selection on training rows is refused; use disjoint rows (e.g. "
-            f"data.jsonl[:800] and data.jsonl[800:]) or set allow_dev_overlap=true"
-        )
-    print(f"split hygiene: {what}")
 
 
 def local_batches(
@@ -231,6 +213,14 @@ def train_one(cfg: TrainConfig, out: Path, run_id: str, baseline: bool = False) 
     """Train one configuration into `out`; resumes from `out/last` when it exists."""
     from tqdm.auto import tqdm
 
+    from protege.students import student_class
+
+    if student_class(cfg.model, cfg.student.kind).fits_itself:  # classical: no gradient steps
+        from protege.train.fit import fit_one
+
+        set_seed(cfg.seed)
+        student = load_student(cfg.model, cfg.task, cfg.student.kind, cfg.student, seed=cfg.seed)
+        return fit_one(student, cfg, out, run_id, baseline)
     # A fresh Accelerator per configuration: what it tracks for save_state/load_state
     # (model, optimizer, scheduler) must be this configuration's alone.
     accelerator = make_accelerator(cfg.mixed_precision, cfg.model)
@@ -300,8 +290,8 @@ def train_one(cfg: TrainConfig, out: Path, run_id: str, baseline: bool = False) 
     }
     history_path, steps_path = out / "history.jsonl", out / "steps.jsonl"
     state = checkpoint.load_last(accelerator, out / "last") or {"step": 0, "epoch": 0, "pos": 0}
-    history = _read_upto(history_path, state["step"])
-    steps_log = _read_upto(steps_path, state["step"])  # both loss terms at every step
+    history = read_upto(history_path, state["step"])
+    steps_log = read_upto(steps_path, state["step"])  # both loss terms at every step
     step, epoch, pos = state["step"], state["epoch"], state["pos"]
     if main and step:
         print(f"[{run_id}] resuming from step {step} (epoch {epoch}, batch {pos})")
@@ -361,8 +351,8 @@ def train_one(cfg: TrainConfig, out: Path, run_id: str, baseline: bool = False) 
             }
             history.append(entry)
             if main:
-                atomic_write_text(history_path, "".join(_json_line(h) for h in history))
-                atomic_write_text(steps_path, "".join(_json_line(h) for h in steps_log))
+                atomic_write_text(history_path, json_lines(history))
+                atomic_write_text(steps_path, json_lines(steps_log))
                 meta = {**meta_base, "step": step, "epoch": entry["epoch"], "metrics": entry}
                 if checkpoint.select_best(history, "eval_loss", False) is entry:
                     checkpoint.save_model_dir(student, task, meta, out / "best-loss")
@@ -389,7 +379,7 @@ def train_one(cfg: TrainConfig, out: Path, run_id: str, baseline: bool = False) 
             epoch, pos = epoch + 1, 0
     bar.close()
 
-    result = _result_entry(cfg, run_id, baseline, history, acc_key, stopped_early, step, train, dev)
+    result = result_entry(cfg, run_id, baseline, history, acc_key, stopped_early, step, train, dev)
     if main:
         write_json(out / "result.json", result)
         atomic_write_text(out / "DONE", f"finished at step {step}\n")
@@ -397,59 +387,3 @@ def train_one(cfg: TrainConfig, out: Path, run_id: str, baseline: bool = False) 
     accelerator.wait_for_everyone()
     accelerator.free_memory()
     return result
-
-
-def _read_upto(path: Path, step: int) -> list[dict[str, Any]]:
-    """The log entries a resumed run keeps: those up to its checkpoint's step."""
-    if not step or not path.exists():
-        return []
-    rows = [h for h in iter_jsonl(path) if h["step"] <= step]
-    for h in rows:
-        h.pop("_line", None)
-    return rows
-
-
-def _json_line(obj: dict) -> str:
-    import json
-
-    return json.dumps(obj) + "\n"
-
-
-def _result_entry(
-    cfg, run_id, baseline, history, acc_key, stopped_early, step, train, dev
-) -> dict[str, Any]:
-    def best(key: str, higher: bool, dirname: str) -> dict | None:
-        h = checkpoint.select_best(history, key, higher)
-        if h is None:
-            return None
-        keep = (
-            "step",
-            "epoch",
-            "eval_loss",
-            "eval_loss_label_span",
-            "eval_accuracy",
-            "eval_coverage",
-            "eval_bleu",
-            "eval_rougeL",
-        )
-        return {**{k: h.get(k) for k in keep if k in h}, "path": f"{run_id}/{dirname}"}
-
-    return {
-        "id": run_id,
-        "model": cfg.model,
-        "format": cfg.task.format,
-        "lr": cfg.lr,
-        "split": list(cfg.split) if cfg.task.format != "label" else None,
-        "seed": cfg.seed,
-        "baseline": baseline,
-        "status": "done",
-        "early_stopped": stopped_early,
-        "steps": step,
-        "best": {
-            "loss": best("eval_loss", False, "best-loss"),
-            "accuracy": best(acc_key, True, "best-accuracy"),
-        },
-        "history": f"{run_id}/history.jsonl",
-        "decoding": cfg.generation.settings(),
-        "data": {"train": train.counts(), "dev": dev.counts()},
-    }
