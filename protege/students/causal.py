@@ -87,6 +87,13 @@ class CausalStudent(Student):
         return cls(model, tok, task)
 
     @classmethod
+    def runtimes(cls):
+        from protege.serve.ct2_causal import CT2CausalBackend
+        from protege.serve.predictor import CT2_CAUSAL_MARKER
+
+        return {CT2_CAUSAL_MARKER: CT2CausalBackend}
+
+    @classmethod
     def exporters(cls):
         from protege.serve.ct2_causal import export_ct2_causal
 

@@ -68,6 +68,13 @@ class ClassifierStudent(Student):
         return cls(model, tok, task)
 
     @classmethod
+    def runtimes(cls):
+        from protege.serve.onnx import OnnxClassifierBackend
+        from protege.serve.predictor import ONNX_MARKER
+
+        return {ONNX_MARKER: OnnxClassifierBackend}
+
+    @classmethod
     def exporters(cls):
         from protege.serve.onnx import export_onnx
 

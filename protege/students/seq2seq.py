@@ -52,6 +52,13 @@ class Seq2SeqStudent(Student):
         return TorchBackend(model_dir, device=device, threads=threads)
 
     @classmethod
+    def runtimes(cls):
+        from protege.serve.ct2 import CT2Backend
+        from protege.serve.predictor import CT2_MARKER
+
+        return {CT2_MARKER: CT2Backend}
+
+    @classmethod
     def exporters(cls):
         from protege.serve.ct2 import export_ct2
 
