@@ -279,8 +279,8 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from protege.data.io import read_records
-    from protege.serve.ct2 import export_ct2
     from protege.serve.predictor import Predictor
+    from protege.students.seq2seq.ct2 import export_ct2
 
     records = read_records(args.data)[: args.n]
     work = Path(tempfile.mkdtemp(prefix="protege-serve-bench-"))

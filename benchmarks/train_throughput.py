@@ -32,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from protege.formats import TaskConfig  # noqa: E402
-from protege.student import load_student  # noqa: E402
+from protege.students.seq2seq.build import load_student  # noqa: E402
 from protege.train import trainer  # noqa: E402
 from protege.train.data import length_grouped_batches, load_examples  # noqa: E402
 

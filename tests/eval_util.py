@@ -24,7 +24,7 @@ def fit_tiny(out_dir: Path, target: str, task: TaskConfig, steps: int = 60) -> P
 def _fit(out_dir: Path, target: str, task: TaskConfig, steps: int) -> Path:
     import torch
 
-    from protege.student import build_random_student, load_student
+    from protege.students.seq2seq.build import build_random_student, load_student
 
     build_random_student("t5", out_dir)
     model, tok = load_student(out_dir)

@@ -29,7 +29,7 @@ def train_tiny(out: Path, fmt: str = "label+rationale", steps: int = 90, n_rows:
     """Build protege:tiny-t5-shaped random weights and fit them to `n_rows` NLI targets."""
     import torch
 
-    from protege.student import build_random_student, load_student
+    from protege.students.seq2seq.build import build_random_student, load_student
 
     torch.manual_seed(0)
     build_random_student("t5", out)

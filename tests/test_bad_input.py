@@ -113,7 +113,7 @@ def test_broken_model_dirs_say_what_is_broken(model, tmp_path):
 def test_building_a_random_student_leaves_the_seeded_rng_alone(tmp_path):
     import torch
 
-    from protege.student import build_random_student
+    from protege.students.seq2seq.build import build_random_student
 
     torch.manual_seed(7)
     expected = torch.rand(4)
@@ -200,7 +200,7 @@ def test_a_run_directory_on_a_full_disk_is_one_line(tmp_path):
     import sys
 
     from protege.config import from_dict, save_config
-    from protege.student import resolve_model
+    from protege.students.seq2seq.build import resolve_model
     from protege.train import TrainConfig
 
     resolve_model("protege:tiny-t5")  # built before the disk filled, as by an earlier run

@@ -37,7 +37,7 @@ def trivial_rows(n: int, offset: int = 0) -> list[dict]:
 
 
 def test_bart_targets_are_wrapped_as_the_tokenizer_wraps_them(bart_dir):
-    from protege.student import load_student
+    from protege.students.seq2seq.build import load_student
     from protege.targets import decoder_start_id
 
     model, tok = load_student(bart_dir)

@@ -152,7 +152,7 @@ def test_the_requests_the_label_recipe_sent_are_answered_with_valid_labels(
 
 def test_a_summarization_student_answers_the_summarize_prompt_with_its_confidence(tmp_path):
     from protege.formats import save_task
-    from protege.student import build_random_student
+    from protege.students.seq2seq.build import build_random_student
 
     build_random_student("t5", tmp_path / "m")
     save_task(TaskConfig(type="summarization", input_template="{article}"), tmp_path / "m")

@@ -12,9 +12,10 @@ from serve_util import nli_rows, trained_model
 
 from protege.cli import main
 from protege.errors import ProtegeError
+from protege.evaluate.agreement import match_rate
 from protege.formats import TaskConfig, save_task
-from protege.serve.ct2 import export_ct2, match_rate
 from protege.serve.predictor import Predictor
+from protege.students.seq2seq.ct2 import export_ct2
 
 
 @pytest.fixture(scope="session")
@@ -83,7 +84,8 @@ def bart_student(tmp_path_factory):
     """The replica's facebook/bart-base (BART-like tokenizer, bart-base's configs) saved as a
     protege student by this transformers, whose BartConfig no longer has `normalize_before`
     (dropped here as transformers 5 drops it from configs it builds)."""
-    from protege.student import load_student, set_decoding
+    from protege.students.base import set_decoding
+    from protege.students.seq2seq.build import load_student
     from protege.targets import decoder_start_id, target_affixes
     from protege.testing.hub.models import build_bart
     from protege.train.config import GenerationConfig
@@ -122,7 +124,7 @@ def test_bart_export_scores_and_generates_like_pytorch(bart_student, tmp_path):
 
 
 def test_tiny_bart_without_normalize_before_exports(tmp_path):
-    from protege.student import resolve_model
+    from protege.students.seq2seq.build import resolve_model
 
     src = Path(resolve_model("protege:tiny-bart"))
     assert "normalize_before" not in json.loads((src / "config.json").read_text())

@@ -36,8 +36,8 @@ def _one_thread():
 def _trained_like(tmp_path: Path, fmt: str, budget: int, num_beams: int = 1) -> Path:
     """A tiny T5 checkpoint saved as training saves one: its decoding set on the model
     (`configure_decoding`) and recorded in protege_meta.json."""
-    from protege.student import build_random_student
     from protege.students import load_student
+    from protege.students.seq2seq.build import build_random_student
     from protege.train.checkpoint import save_model_dir
 
     base = build_random_student("t5", tmp_path / "base")
@@ -113,7 +113,7 @@ def test_recorded_beam_width_reaches_the_predictor(tmp_path):
 
 def test_ct2_export_decodes_with_the_recorded_settings(tmp_path):
     pytest.importorskip("ctranslate2")
-    from protege.serve.ct2 import export_ct2
+    from protege.students.seq2seq.ct2 import export_ct2
 
     model = _trained_like(tmp_path, "rationale+label", RECORDED)
     out = export_ct2(model, tmp_path / "ct2", quantization="float32")

@@ -14,7 +14,7 @@ from protege.data.samples import sample_path
 from protege.evaluate import Decoding, evaluate_model
 from protege.evaluate.score import teacher_outputs
 from protege.formats import TaskConfig, save_task
-from protege.student import build_random_student
+from protege.students.seq2seq.build import build_random_student
 
 SUMMARY = TaskConfig(type="summarization", input_template="{article}", target_field="summary")
 

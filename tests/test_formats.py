@@ -104,7 +104,7 @@ def test_summarization_task():
 @pytest.mark.parametrize("fmt", ["label", "label+rationale", "rationale+label", "multitask"])
 def test_punctuated_labels_survive_an_uncased_wordpiece_round_trip(fmt):
     """`not_entailment` decodes as `not _ entailment` from the MiniLM tokenizer: still a label."""
-    from protege.student import load_tokenizer, resolve_model
+    from protege.students.seq2seq.build import load_tokenizer, resolve_model
 
     tok = load_tokenizer(resolve_model("protege:tiny-t5"))
     t = task(format=fmt, labels=["entailment", "not_entailment"])

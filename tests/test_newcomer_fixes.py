@@ -54,7 +54,7 @@ def test_export_of_the_default_minilm_student_is_refused_saying_what_to_do(tmp_p
     import shutil
 
     from protege.formats import save_task
-    from protege.student import resolve_model
+    from protege.students.seq2seq.build import resolve_model
 
     model = tmp_path / "minilm"
     model.mkdir()
@@ -148,7 +148,7 @@ def test_a_reports_teacher_spend_counts_only_its_own_runs(tmp_path):
 
 
 def test_minilm_student_loads_without_a_load_report(caplog):
-    from protege.student import load_student
+    from protege.students.seq2seq.build import load_student
 
     load_student("protege:minilm-encdec")  # built (a report then is expected), then loaded
     caplog.clear()

@@ -57,7 +57,7 @@ def test_parse_tolerates_uncased_connector():
 
 
 def test_multitask_student_explains_with_a_second_input(tmp_path):
-    from protege.student import build_random_student
+    from protege.students.seq2seq.build import build_random_student
 
     d = build_random_student("t5", tmp_path / "m")
     save_task(TaskConfig(format="multitask"), d)
@@ -68,7 +68,7 @@ def test_multitask_student_explains_with_a_second_input(tmp_path):
 
 
 def test_summarization_generates_text(tmp_path):
-    from protege.student import build_random_student
+    from protege.students.seq2seq.build import build_random_student
 
     d = build_random_student("bart", tmp_path / "s")
     save_task(TaskConfig(type="summarization", input_template="{article}"), d)
@@ -122,7 +122,7 @@ def _interrupted_run(predictor, src, out, monkeypatch, **kw):
 
 
 def test_resume_with_another_model_or_mode_is_refused(predictor, tiny_nli, tmp_path, monkeypatch):
-    from protege.student import build_random_student
+    from protege.students.seq2seq.build import build_random_student
 
     src = write_rows(tmp_path / "in.jsonl", nli_rows("dev", 20))
     out = tmp_path / "out.jsonl"

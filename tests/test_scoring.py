@@ -30,7 +30,7 @@ def test_sum_rule_exact_totals():
 
 
 def test_candidates_match_trainer_targets(tiny_nli):
-    from protege.student import load_tokenizer
+    from protege.students.seq2seq.build import load_tokenizer
 
     tok = load_tokenizer(tiny_nli)
     plain = Candidates.for_task(TaskConfig(format="label"), tok)
@@ -109,7 +109,7 @@ def test_label_budget_reaches_every_label_and_the_whole_connector(name, forced_e
     colon. The budget must cover the longest target up to its connector's end (as the trainer
     builds it), plus the step a forced eos takes."""
     from protege.formats import make_examples
-    from protege.student import load_tokenizer, resolve_model
+    from protege.students.seq2seq.build import load_tokenizer, resolve_model
     from protege.train.data import encode
 
     tok = load_tokenizer(resolve_model("protege:tiny-t5"))

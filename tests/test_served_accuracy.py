@@ -22,7 +22,7 @@ def _one_thread():
 
 
 def test_the_headline_is_what_predict_and_serve_answer(tmp_path):
-    from protege.student import build_random_student
+    from protege.students.seq2seq.build import build_random_student
 
     model = build_random_student("t5", tmp_path / "m")  # undertrained: generation malformed
     save_task(TaskConfig(), model)
@@ -52,7 +52,7 @@ def test_the_headline_is_what_predict_and_serve_answer(tmp_path):
 
 
 def test_rationale_first_students_are_served_by_generation(tmp_path):
-    from protege.student import build_random_student
+    from protege.students.seq2seq.build import build_random_student
 
     model = build_random_student("t5", tmp_path / "m")
     save_task(TaskConfig(format="rationale+label"), model)

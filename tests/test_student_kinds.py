@@ -34,7 +34,7 @@ def test_kind_comes_from_the_config():
 
 
 def test_a_bare_encoder_needs_an_explicit_kind():
-    from protege.student import minilm_dir
+    from protege.students.builtins import minilm_dir
 
     with pytest.raises(ConfigError, match="set student.kind"):
         detect_kind(minilm_dir())

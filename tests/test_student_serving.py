@@ -14,8 +14,8 @@ from serve_util import Server, nli_rows
 
 from protege.cli import main
 from protege.errors import ProtegeError
+from protege.evaluate.agreement import match_rate
 from protege.formats import TaskConfig, make_examples, save_task
-from protege.serve.ct2 import match_rate
 from protege.serve.predictor import Predictor
 from protege.students import export_student, load_student
 from protege.train.loss import split_loss

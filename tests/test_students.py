@@ -40,7 +40,7 @@ def home(tmp_path_factory):
 def test_minilm_student_has_no_unused_parameters(home):
     import torch
 
-    from protege.student import load_student
+    from protege.students.seq2seq.build import load_student
 
     model, tok = load_student("protege:minilm-encdec")
     assert model.encoder.pooler is None
@@ -63,7 +63,7 @@ def test_a_seed_redraws_only_the_random_parts_and_leaves_the_global_rng(name):
 
     import torch
 
-    from protege.student import STUDENT_FILE, load_student, resolve_model
+    from protege.students.seq2seq.build import STUDENT_FILE, load_student, resolve_model
 
     info = json.loads((Path(resolve_model(name)) / STUDENT_FILE).read_text())
     base = _params(load_student(name)[0])

@@ -16,7 +16,7 @@ from protege.train.loss import IGNORE
 def tok(tmp_path_factory):
     old = os.environ.get("PROTEGE_HOME")
     os.environ["PROTEGE_HOME"] = str(tmp_path_factory.getbasetemp() / "protege_home")
-    from protege.student import load_tokenizer, resolve_model
+    from protege.students.seq2seq.build import load_tokenizer, resolve_model
 
     yield load_tokenizer(resolve_model("protege:tiny-t5"))
     if old is None:

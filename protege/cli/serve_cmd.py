@@ -105,7 +105,7 @@ def _predict_ray(model_dir, input_path, output, rationale, batch_size, fast, add
 def export(model_dir, fmt, quantization, output, check) -> None:
     """Export the student in MODEL_DIR: CTranslate2 (T5, BART, the Llama family) or ONNX run
     by onnxruntime (classifiers)."""
-    from protege.serve.ct2 import match_rate
+    from protege.evaluate.agreement import match_rate
     from protege.students import export_student
 
     out = export_student(model_dir, fmt, output, quantization)

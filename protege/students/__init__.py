@@ -49,7 +49,7 @@ def resolve(name: str | Path) -> tuple[str, str | None]:
         kind, build = BUILTINS[name]
         return str(build()), kind
     if name.startswith("protege:"):
-        return name, "seq2seq"  # protege.student builds it (with its seed) when loading
+        return name, "seq2seq"  # seq2seq.build makes it (with its seed) when loading
     return name, None
 
 

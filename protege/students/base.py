@@ -60,6 +60,17 @@ class Fitted:
     model: Any
 
 
+def set_decoding(model, settings: dict, prefix: list[int]) -> None:
+    """Make the model's generation config say exactly `settings` (replacing what a pretrained
+    checkpoint brought, e.g. bart-base's `num_beams: 4`, `no_repeat_ngram_size: 3`), and force
+    the target prefix the trainer puts before every target (BART's `<s>`) as the first
+    generated token; with no prefix, nothing is forced."""
+    gen = model.generation_config
+    for key, value in settings.items():
+        setattr(gen, key, value)
+    gen.forced_bos_token_id = prefix[0] if prefix else None
+
+
 class Student(ABC):
     """A model of one kind and its tokenizer, behind the calls the rest of protege makes."""
 
@@ -128,8 +139,6 @@ class Student(ABC):
 
     def configure_decoding(self, settings: dict[str, Any]) -> None:
         """Make the model's generation config say exactly `settings` (generative kinds)."""
-        from protege.student import set_decoding
-
         set_decoding(self.model, settings, [])
 
     @classmethod

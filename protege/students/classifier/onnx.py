@@ -20,8 +20,9 @@ from pathlib import Path
 from protege.data.io import write_json
 from protege.errors import ProtegeError
 from protege.formats import TASK_FILE, display_label, load_task
-from protege.serve.predictor import ONNX_MARKER
 
+ONNX_MARKER = "protege_onnx.json"
+"""An export dir of this runtime holds it (what it was exported from, and how)."""
 QUANTIZATIONS = ("int8", "float32")
 
 
@@ -38,8 +39,7 @@ def export_onnx(
 ) -> Path:
     """Export a classifier student dir to ONNX (+ int8); returns the export dir."""
     import torch
-
-    from protege.students import load_student
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     _ort()
     model_dir = Path(model_dir)
@@ -47,17 +47,18 @@ def export_onnx(
         raise ProtegeError(
             f"unknown ONNX quantization {quantization!r} ({', '.join(QUANTIZATIONS)})"
         )
-    task = load_task(model_dir)
-    student = load_student(model_dir, task)
+    if not (model_dir / TASK_FILE).exists():
+        raise ProtegeError(f"{model_dir}: not a protege model directory (no {TASK_FILE})")
+    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
     out = Path(output) if output else model_dir.parent / f"{model_dir.name}-onnx-{quantization}"
     if out.exists():
         raise ProtegeError(f"{out}: already exists (remove it or pass --output)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        model = student.model.eval()
         model.config.return_dict = False
-        example = student.tok(["a premise", "a longer hypothesis here"], padding=True)
+        example = tok(["a premise", "a longer hypothesis here"], padding=True)
         args = tuple(torch.tensor(example[k]) for k in ("input_ids", "attention_mask"))
         fp32 = tmp / ("model.onnx" if quantization == "float32" else "model-fp32.onnx")
         with torch.inference_mode():
@@ -83,7 +84,7 @@ def export_onnx(
             fp32.unlink()
         model.config.return_dict = True
         model.config.save_pretrained(tmp)
-        student.tok.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
         shutil.copy(model_dir / TASK_FILE, tmp / TASK_FILE)
         write_json(
             tmp / ONNX_MARKER,

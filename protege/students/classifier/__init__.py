@@ -69,14 +69,13 @@ class ClassifierStudent(Student):
 
     @classmethod
     def runtimes(cls):
-        from protege.serve.onnx import OnnxClassifierBackend
-        from protege.serve.predictor import ONNX_MARKER
+        from protege.students.classifier.onnx import ONNX_MARKER, OnnxClassifierBackend
 
         return {ONNX_MARKER: OnnxClassifierBackend}
 
     @classmethod
     def exporters(cls):
-        from protege.serve.onnx import export_onnx
+        from protege.students.classifier.onnx import export_onnx
 
         return {"onnx": export_onnx}
 

@@ -16,9 +16,11 @@ from pathlib import Path
 from protege.data.io import write_json
 from protege.errors import ProtegeError
 from protege.formats import TASK_FILE
-from protege.serve.ct2 import QUANTIZATIONS, _ct2, model_type
-from protege.serve.predictor import CT2_CAUSAL_MARKER
-from protege.students.causal import completion_affixes, prompt_ids
+from protege.students.causal.prompts import completion_affixes, prompt_ids
+from protege.students.ct2base import QUANTIZATIONS, _ct2, model_type
+
+CT2_CAUSAL_MARKER = "protege_ct2_causal.json"
+"""An export dir of this runtime holds it (what it was exported from, and how)."""
 
 
 def export_ct2_causal(

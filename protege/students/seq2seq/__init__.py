@@ -1,6 +1,7 @@
-"""Seq2seq students (T5, BART, the BERT2BERT MiniLM): the code protege had before the student
-interface, behind it. Features and batching come from `protege.train.data`, loading from
-`protege.student`, serving from `protege.serve.predictor.TorchBackend`.
+"""The seq2seq kind (T5, BART, the BERT2BERT MiniLM), its whole life in this package:
+`build` loads hub models and builds the offline `protege:` ones, this module encodes and
+trains them (features and batching from `protege.train.data`), `torch_runtime` runs a saved
+one in PyTorch and `ct2` exports it to CTranslate2 (int8) and runs the export.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class Seq2SeqStudent(Student):
     def load(
         cls, path: str, task: TaskConfig | None, options: StudentOptions, seed: int | None = None
     ) -> Seq2SeqStudent:
-        from protege.student import load_student
+        from protege.students.seq2seq.build import load_student
         from protege.targets import decoder_start_id, target_affixes
 
         model, tok = load_student(path, seed=seed)
@@ -34,7 +35,7 @@ class Seq2SeqStudent(Student):
 
     def configure_decoding(self, settings) -> None:
         """Also force the target prefix the trainer puts before every target (BART's `<s>`)."""
-        from protege.student import set_decoding
+        from protege.students.seq2seq.build import set_decoding
         from protege.targets import target_affixes
 
         set_decoding(self.model, settings, target_affixes(self.tok, self.start_id)[0])
@@ -47,20 +48,19 @@ class Seq2SeqStudent(Student):
         device: str = "cpu",
         threads: int | None = None,
     ):
-        from protege.serve.predictor import TorchBackend
+        from protege.students.seq2seq.torch_runtime import TorchBackend
 
         return TorchBackend(model_dir, device=device, threads=threads)
 
     @classmethod
     def runtimes(cls):
-        from protege.serve.ct2 import CT2Backend
-        from protege.serve.predictor import CT2_MARKER
+        from protege.students.seq2seq.ct2 import CT2_MARKER, CT2Backend
 
         return {CT2_MARKER: CT2Backend}
 
     @classmethod
     def exporters(cls):
-        from protege.serve.ct2 import export_ct2
+        from protege.students.seq2seq.ct2 import export_ct2
 
         return {"ct2": export_ct2}
 

