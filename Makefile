@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.protege-installed
 
-.PHONY: setup demo test lint format browser clean-venv
+.PHONY: setup demo test lint format house browser clean-venv
 
 setup: $(STAMP)
 
@@ -34,6 +34,9 @@ test: setup browser
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+house: setup
+	$(BIN)/python tools/house.py --write
 
 format: setup
 	$(BIN)/ruff check --fix .

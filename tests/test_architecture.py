@@ -6,90 +6,13 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_LINES = 450
-
-
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts = parts[:-1]
-    return ".".join(parts)
-
-
-def sources() -> dict[str, Path]:
-    files = [*ROOT.joinpath("protege").rglob("*.py"), *ROOT.joinpath("benchmarks").rglob("*.py")]
-    return {module_name(p): p for p in files}
-
-
-def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
-    """Modules of `known` that `name` imports anywhere in its body (to the deepest module
-    named: `from a.b import c` is a.b.c when that is a module, else a.b)."""
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        targets: list[str] = []
-        if isinstance(node, ast.Import):
-            targets = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                up = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*up, base] if base else up)
-            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base
-                       for a in node.names]  # fmt: skip
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-            m = re.fullmatch(r"(protege(?:\.\w+)+):\w+", node.value)  # a registry entry
-            targets = [m.group(1)] if m else []
-        for t in targets:
-            while t and t not in known:
-                t = t.rpartition(".")[0]
-            if t and t != name:
-                out.add(t)
-    return out
-
-
-def import_graph() -> dict[str, set[str]]:
-    mods = sources()
-    known = set(mods)
-    return {name: imports_of(name, path, known) for name, path in mods.items()}
-
-
-def circles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """Strongly connected components of more than one module (Tarjan)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on: set[str] = set()
-    found: list[list[str]] = []
-
-    def visit(v: str) -> None:
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        on.add(v)
-        for w in sorted(graph.get(v, ())):
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            comp = []
-            while True:
-                w = stack.pop()
-                on.discard(w)
-                comp.append(w)
-                if w == v:
-                    break
-            if len(comp) > 1:
-                found.append(sorted(comp))
-
-    for v in sorted(graph):
-        if v not in index:
-            visit(v)
-    return found
+sys.path.insert(0, str(ROOT / "tools"))
+from house import README, circles, import_graph, picture, readme_block  # noqa: E402
 
 
 def test_the_import_graph_has_no_circle():
@@ -99,6 +22,25 @@ def test_the_import_graph_has_no_circle():
 def test_the_circle_finder_finds_a_circle():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert circles(graph) == [["a", "b", "c"]]
+
+
+def test_the_graph_sees_lazy_imports_registry_entries_and_benchmark_siblings(tmp_path):
+    from house import imports_of
+
+    code = (
+        "def f():\n    from protege.serve import predictor\n"
+        "REG = {'k': 'protege.students.seq2seq:Seq2SeqStudent'}\n"
+        "import teacher_parts\n"
+    )
+    path = tmp_path / "x.py"
+    path.write_text(code)
+    known = {"protege.serve.predictor", "protege.students.seq2seq", "benchmarks.teacher_parts"}
+    assert imports_of("benchmarks.x", path, known) == known
+
+
+def test_the_readme_picture_is_drawn_from_the_code_as_it_is():
+    """`make house` redraws it; a room or an arrow that changed makes this fail."""
+    assert readme_block(README.read_text()) == picture(import_graph())
 
 
 KIND_WORDS = re.compile(

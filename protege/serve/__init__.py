@@ -1,5 +1,6 @@
-"""Serving the student: batched prediction, closed-label scoring, CTranslate2 export, HTTP server.
+"""Serving any student: batched prediction, closed-label scoring, the HTTP server and OpenAI's
+chat API, the cascade to the teacher, the proxy, predict files and `--ray` blocks.
 
-Heavy imports (torch, ctranslate2, fastapi) stay inside the submodules so that importing
+Heavy imports (torch, fastapi) stay inside the submodules so that importing
 `protege.serve` is cheap.
 """

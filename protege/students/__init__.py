@@ -1,4 +1,5 @@
-"""Students of every kind behind one interface (`protege.students.base.Student`).
+"""Students of every kind behind one interface (`students.base.Student`); `REGISTRY` names the
+kinds, one package each.
 
 `load_student(name, task, kind)` resolves a hub name, a local dir or a `protege:` name, decides
 the kind (an explicit `kind`, else the model's config: `is_encoder_decoder` -> seq2seq, an

@@ -1,4 +1,4 @@
-"""Student training: the split loss, the loop, checkpoints and the grid (issue 3).
+"""Student training: the split loss, the loop (or a kind's own fit), checkpoints and the grid.
 
 `run_train(cfg)` runs every configuration of `cfg` into `cfg.output_dir` and returns it.
 Heavy imports (torch, transformers) happen only when training starts.

@@ -70,14 +70,10 @@ def make_accelerator(mixed_precision: str = "auto", model: str | None = None):
 
 
 def _model_type(model: str) -> str | None:
-    from transformers import AutoConfig
+    from protege.students import read_config, resolve
 
-    from protege.students.seq2seq.build import resolve_model
-
-    try:
-        return AutoConfig.from_pretrained(resolve_model(model)).model_type
-    except OSError:
-        return None
+    config = read_config(resolve(model)[0])  # None: a name not built or cached yet
+    return config.get("model_type") if config else None
 
 
 def cpu_ddp() -> bool:
