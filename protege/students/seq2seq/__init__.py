@@ -35,7 +35,7 @@ class Seq2SeqStudent(Student):
 
     def configure_decoding(self, settings) -> None:
         """Also force the target prefix the trainer puts before every target (BART's `<s>`)."""
-        from protege.students.seq2seq.build import set_decoding
+        from protege.students.base import set_decoding
         from protege.targets import target_affixes
 
         set_decoding(self.model, settings, target_affixes(self.tok, self.start_id)[0])
