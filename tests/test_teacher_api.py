@@ -121,7 +121,7 @@ def test_an_answer_stored_under_an_old_key_is_reused(tmp_path):
         # request (what it sent then does not matter)
         from protege.generate.recipes import Template, get_recipe
         from protege.generate.run import _context, load_inputs
-        from protege.teacher.endpoints import endpoint_id
+        from protege.teacher.endpoint_ids import endpoint_id
 
         recipe = get_recipe("explain")
         template = Template(recipe.path)

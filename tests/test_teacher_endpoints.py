@@ -15,9 +15,11 @@ from protege.cli import main
 from protege.data.samples import sample_path
 from protege.generate import GenerateConfig, run_generate
 from protege.teacher.config import TeacherConfig
-from protege.teacher.endpoints import ANY, endpoint_id, endpoint_key, key_digest, lookup
+from protege.teacher.endpoint_ids import ANY, endpoint_id, endpoint_key, key_digest
+from protege.teacher.endpoints import lookup
 from protege.teacher.failures import TeacherFatal
-from protege.teacher.store import MIGRATIONS, TeacherStore, request_key
+from protege.teacher.migrations import MIGRATIONS
+from protege.teacher.store import TeacherStore, request_key
 from protege.testing.fake_openai import FakeOpenAI
 
 

@@ -83,7 +83,7 @@ def test_processes_opening_a_new_store_together_migrate_it_once(tmp_path):
         _, err = p.communicate(timeout=60)
         assert p.returncode == 0, err
     with TeacherStore(db) as store:
-        from protege.teacher.store import MIGRATIONS
+        from protege.teacher.migrations import MIGRATIONS
 
         assert store.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
 

@@ -11,7 +11,8 @@ from protege.teacher.client import backoff, retry_after
 from protege.teacher.config import TeacherConfig
 from protege.teacher.cost import Budget, estimate_prompt_tokens, worst_prompt_tokens
 from protege.teacher.keys import get_key, set_key
-from protege.teacher.store import MIGRATIONS, Answer, TeacherStore, request_key
+from protege.teacher.migrations import MIGRATIONS
+from protege.teacher.store import Answer, TeacherStore, request_key
 
 MSG = [{"role": "user", "content": "Explain why."}]
 

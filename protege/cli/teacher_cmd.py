@@ -176,7 +176,8 @@ def stats(as_json: bool, by: str | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from protege.teacher.endpoints import by_endpoint, describe
+    from protege.teacher.endpoint_ids import describe
+    from protege.teacher.endpoints import by_endpoint
     from protege.teacher.spend import get_cap, spend_by, total_spent
     from protege.teacher.store import TeacherStore
 

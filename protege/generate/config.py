@@ -91,7 +91,7 @@ class GenerateResult:
     learned: list[str] = field(default_factory=list)
     """Parameter rules learned from the endpoint's 400s in this job (kept in the store)."""
     endpoint: str | None = None
-    """The endpoint id the answers are stored under (`teacher/endpoints.py`)."""
+    """The endpoint id the answers are stored under (`teacher/endpoint_ids.py`)."""
     answered_elsewhere: dict[str, int] = field(default_factory=dict)
     """Prompts still to send that other endpoints answered: endpoint id -> count (not used
     unless `teacher.reuse_answers_from` names it)."""

@@ -32,7 +32,8 @@ from protege.generate.recipes import Recipe, Template, get_recipe
 from protege.generate.rows import output_row
 from protege.generate.schema import label_schema, response_format
 from protege.teacher.cost import estimate_prompt_tokens, worst_prompt_tokens
-from protege.teacher.endpoints import answered_elsewhere, endpoint_key, lookup
+from protege.teacher.endpoint_ids import endpoint_key
+from protege.teacher.endpoints import answered_elsewhere, lookup
 from protege.teacher.params import ParamRules
 from protege.teacher.prices import pricing, unknown_price
 from protege.teacher.replay import replay_miss
@@ -108,7 +109,7 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
         grammar_note(tcfg.kind, schema is not None, samples) if recipe.confidence else None
     )
 
-    eid = tcfg.endpoint_id(tcfg.read_key())  # answers are this endpoint's (endpoints.py)
+    eid = tcfg.endpoint_id(tcfg.read_key())  # answers are this endpoint's (endpoint_ids.py)
     keys: list[list[str]] = []  # per record: its request keys (k for self-consistency)
     distinct: dict[str, list[dict[str, str]]] = {}
     prompt_keys: dict[str, str] = {}  # store key -> the request's key at any endpoint

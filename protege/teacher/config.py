@@ -8,6 +8,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from protege.config import require_positive
+from protege.teacher.endpoint_ids import endpoint_id
 
 OPENAI_URL = "https://api.openai.com/v1"
 DEFAULT_KEY_ENVS = {"api.openai.com": "OPENAI_API_KEY", ".openai.azure.com": "AZURE_OPENAI_API_KEY"}
@@ -122,10 +123,8 @@ class TeacherConfig:
         return self.base_url or ("local" if self.kind == "local" else OPENAI_URL)
 
     def endpoint_id(self, api_key: str | None) -> str | None:
-        """The id this teacher's answers are stored under (`endpoints.endpoint_id`): `local` or
-        `local:<gguf>` for the local teacher, None for replay (it reads any endpoint's)."""
-        from protege.teacher.endpoints import endpoint_id
-
+        """The id this teacher's answers are stored under (`endpoint_ids.endpoint_id`):
+        `local` or `local:<gguf>` for the local teacher, None for replay (it reads any's)."""
         if self.kind == "replay":
             return None
         if self.kind == "local" and not self.base_url:

@@ -14,7 +14,7 @@ from typing import Any
 from protege.config import from_dict
 from protege.data.io import read_records, require_fields
 from protege.teacher.config import TeacherConfig
-from protege.teacher.endpoints import IMPORTED
+from protege.teacher.endpoint_ids import IMPORTED
 from protege.teacher.store import Answer, TeacherStore, request_key
 
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from protege.teacher.store import Answer
+from protege.teacher.answer import Answer
 
 SUFFIX = ".unwritten.jsonl"
 

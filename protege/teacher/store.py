@@ -1,11 +1,11 @@
 """The teacher store: every request and answer in one SQLite database.
 
 Key = hash of the canonical request (model, messages, sampling parameters) and of the endpoint
-that answers it (`endpoints.py`): the same request to the same endpoint is answered once,
+that answers it (`endpoint_ids.py`): the same request to the same endpoint is answered once,
 whoever asks; other endpoints' answers are used only when asked for. WAL mode and one commit
 per answer: a SIGKILL at any moment loses at most the answers still in flight and never
-corrupts the file. The schema changes only through the ordered `MIGRATIONS` list;
-`PRAGMA user_version` says how many have run.
+corrupts the file. The schema changes only through the ordered `MIGRATIONS` list
+(`migrations.py`); `PRAGMA user_version` says how many have run.
 """
 
 from __future__ import annotations
@@ -16,14 +16,16 @@ import os
 import random
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from protege.errors import ProtegeError
 from protege.paths import teacher_db_path
-from protege.teacher.endpoints import endpoint_key
+from protege.teacher import rescue
+from protege.teacher.answer import COLUMNS, Answer
+from protege.teacher.endpoint_ids import endpoint_key
+from protege.teacher.migrations import MIGRATIONS
 from protege.teacher.store_file import StoreOpenError, cannot_open, create_private, refuse_empty
 
 
@@ -34,8 +36,8 @@ def request_key(
     endpoint: str | None = None,
 ) -> str:
     """The store key of an answer: sha256 of the request's canonical JSON (its *prompt key*),
-    then, with `endpoint`, sha256 of the endpoint id and that (`endpoints.endpoint_key`).
-    `endpoint` is `endpoints.endpoint_id(base_url, api_key)` of the server that answers (the
+    then, with `endpoint`, sha256 of the endpoint id and that (`endpoint_ids.endpoint_key`).
+    `endpoint` is `endpoint_ids.endpoint_id(base_url, api_key)` of the server that answers (the
     base URL; for api.openai.com also the account): whatever stores answers passes it, and the
     same id as `"endpoint"` in the request it gives `TeacherStore.put_many`. Without it: the
     prompt key (the `prompt_key` column), the request to any endpoint, as keyed before.
@@ -48,179 +50,6 @@ def request_key(
     )
     key = hashlib.sha256(blob.encode()).hexdigest()
     return endpoint_key(key, endpoint) if endpoint else key
-
-
-def _m001_responses(db: sqlite3.Connection) -> None:
-    db.execute(
-        """CREATE TABLE responses (
-            key TEXT PRIMARY KEY,
-            model TEXT NOT NULL,
-            request TEXT NOT NULL,
-            status TEXT NOT NULL,              -- ok | failed
-            text TEXT,
-            finish_reason TEXT,
-            input_tokens INTEGER,
-            output_tokens INTEGER,
-            cost_usd REAL NOT NULL DEFAULT 0,
-            latency_s REAL,
-            system_fingerprint TEXT,
-            error TEXT,
-            attempts INTEGER NOT NULL DEFAULT 1,
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL
-        )"""
-    )
-    db.execute("CREATE INDEX responses_model ON responses(model)")
-
-
-def _m002_source(db: sqlite3.Connection) -> None:
-    # Where an answer came from: a live call, or `protege teacher import`.
-    db.execute("ALTER TABLE responses ADD COLUMN source TEXT NOT NULL DEFAULT 'live'")
-
-
-def _m003_usage_details_and_param_rules(db: sqlite3.Connection) -> None:
-    # Usage as billed: cached input tokens (inside input_tokens) and reasoning tokens (inside
-    # output_tokens). And what each endpoint/model was learned to accept (`params.py`).
-    db.execute("ALTER TABLE responses ADD COLUMN cached_tokens INTEGER")
-    db.execute("ALTER TABLE responses ADD COLUMN reasoning_tokens INTEGER")
-    db.execute(
-        """CREATE TABLE param_rules (
-            endpoint TEXT NOT NULL,
-            model TEXT NOT NULL,
-            param TEXT NOT NULL,               -- canonical name (max_tokens, temperature, seed)
-            action TEXT NOT NULL,              -- rename:<name> | drop
-            reason TEXT,                       -- the error message it was learned from
-            created_at REAL NOT NULL,
-            PRIMARY KEY (endpoint, model, param)
-        )"""
-    )
-
-
-def _m004_leases_runs_batches_cap(db: sqlite3.Connection) -> None:
-    # Leases: a request in flight belongs to one owner (a process's run, or a batch) until its
-    # answer is stored or the lease expires (`leases.py`). Runs: who paid for what (stats by
-    # run, the spending cap). Claims: spend a live run or batch may still add (the cap).
-    # Batches: Batch API jobs recorded before they are waited for (`batch.py`).
-    db.execute(
-        """CREATE TABLE leases (
-            key TEXT PRIMARY KEY,
-            owner TEXT NOT NULL,               -- a run id, or batch:<id>
-            expires_at REAL NOT NULL
-        )"""
-    )
-    db.execute("CREATE INDEX leases_owner ON leases(owner)")
-    db.execute("ALTER TABLE responses ADD COLUMN run_id TEXT")
-    db.execute("ALTER TABLE responses ADD COLUMN logprobs TEXT")
-    db.execute(
-        """CREATE TABLE runs (
-            id TEXT PRIMARY KEY, label TEXT, pid INTEGER, started_at REAL NOT NULL
-        )"""
-    )
-    db.execute("CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
-    db.execute(
-        """CREATE TABLE claims (
-            owner TEXT PRIMARY KEY,            -- a run id, or batch:<id>
-            amount REAL NOT NULL,              -- dollars it may still add to the store's spend
-            expires_at REAL NOT NULL
-        )"""
-    )
-    db.execute(
-        """CREATE TABLE batches (
-            id TEXT PRIMARY KEY,               -- protege's id, sent as metadata.protege_batch
-            endpoint TEXT NOT NULL,
-            model TEXT NOT NULL,
-            run_id TEXT,
-            remote_id TEXT,                    -- the endpoint's batch id, once created
-            input_file_id TEXT,
-            status TEXT NOT NULL,              -- new | validating ... completed | collected
-            output_file_id TEXT,
-            error_file_id TEXT,
-            n INTEGER NOT NULL,
-            attempt INTEGER NOT NULL DEFAULT 1,
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL
-        )"""
-    )
-    db.execute(
-        """CREATE TABLE batch_requests (
-            batch_id TEXT NOT NULL,
-            key TEXT NOT NULL,
-            request TEXT NOT NULL,             -- the stored request JSON (model, messages ...)
-            PRIMARY KEY (batch_id, key)
-        )"""
-    )
-
-
-def _m005_server_limits(db: sqlite3.Connection) -> None:
-    # The rate limits an endpoint last stated for a model (NULL: it states none), so that the
-    # next job paces from its first request instead of waiting for one answer's headers.
-    db.execute(
-        """CREATE TABLE server_limits (
-            endpoint TEXT NOT NULL,            -- base URL#sha256(key)[:12]: one account
-            model TEXT NOT NULL,
-            limit_requests REAL,               -- per minute
-            limit_tokens REAL,                 -- per minute
-            learned_at REAL NOT NULL,
-            PRIMARY KEY (endpoint, model)
-        )"""
-    )
-
-
-def _m006_endpoints(db: sqlite3.Connection) -> None:
-    # Answers keyed by their endpoint too; old ones attributed and rekeyed (`endpoints.py`).
-    from protege.teacher.config import LOCAL_MODEL
-    from protege.teacher.endpoints import attribute_old_answers
-
-    for column in ("endpoint", "prompt_key"):  # endpoint id (NULL: unknown); its request_key
-        db.execute(f"ALTER TABLE responses ADD COLUMN {column} TEXT")
-    attribute_old_answers(db, LOCAL_MODEL)
-    db.execute("CREATE INDEX responses_prompt_key ON responses(prompt_key)")
-
-
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
-    _m001_responses,
-    _m002_source,
-    _m003_usage_details_and_param_rules,
-    _m004_leases_runs_batches_cap,
-    _m005_server_limits,
-    _m006_endpoints,
-]
-
-
-@dataclass
-class Answer:
-    """One stored answer (status ok) or failure (status failed)."""
-
-    key: str
-    model: str
-    status: str
-    text: str | None = None
-    finish_reason: str | None = None
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    cost_usd: float = 0.0
-    latency_s: float | None = None
-    system_fingerprint: str | None = None
-    error: str | None = None
-    attempts: int = 1
-    created_at: float = 0.0
-    source: str = "live"
-    cached_tokens: int | None = None
-    """Input tokens served from the prompt cache (part of input_tokens, billed cheaper)."""
-    reasoning_tokens: int | None = None
-    """Hidden reasoning tokens (part of output_tokens, billed as output)."""
-    run_id: str | None = None
-    """The run (or batch:<id>) that paid for it."""
-    logprobs: str | None = None
-    """The answer's token log-probabilities, JSON [[token, logprob], ...], where returned."""
-    endpoint: str | None = None
-    """The endpoint that gave it (`endpoints.endpoint_id`); None: stored before they were kept."""
-
-
-_COLUMNS = (
-    "key, model, status, text, finish_reason, input_tokens, output_tokens, cost_usd, latency_s, "
-    "system_fingerprint, error, attempts, created_at, source, cached_tokens, reasoning_tokens, "
-    "run_id, logprobs, endpoint")  # fmt: skip
 
 
 class StoreWriteError(ProtegeError):
@@ -277,8 +106,6 @@ class TeacherStore:
         """Import the files of answers a failed write left for this store (beside it, in
         `extra_dirs`, the working or the temp directory: `rescue.py`); returns the count. A file
         is removed once its answers are committed; if the store still refuses, it stays."""
-        from protege.teacher import rescue
-
         n = 0
         for path in rescue.pending(self.path, [Path(d) for d in extra_dirs]):
             try:
@@ -326,7 +153,7 @@ class TeacherStore:
         for i in range(0, len(keys), 500):
             chunk = keys[i : i + 500]
             marks = ",".join("?" * len(chunk))
-            sql = f"SELECT {_COLUMNS} FROM responses WHERE key IN ({marks})"
+            sql = f"SELECT {COLUMNS} FROM responses WHERE key IN ({marks})"
             for row in self.db.execute(sql, chunk):
                 found[row[0]] = Answer(*row)
         return found
