@@ -1,4 +1,4 @@
-"""The teacher store's schema: the ordered list of its migrations, never edited once shipped.
+"""The teacher store's schema: the ordered list of its migrations.
 
 `TeacherStore.migrate` runs those not yet run, one transaction each; `PRAGMA user_version` says
 how many have run. A change to the schema is a new function at the end of `MIGRATIONS`.
@@ -148,7 +148,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
 ]
 
 
-# -- 006: answers stored before endpoints were ----------------------------------------------------------------------
+# -- 006: answers stored before endpoints were ----------------------------------------------------
 _LOCAL_KEY = key_digest("local")  # the key the local teacher's client was given
 
 
