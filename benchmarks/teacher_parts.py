@@ -13,7 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from teacher_throughput import log_times, run_protege, start_server, steady_rate, write_records
+from teacher_jobs import log_times, run_protege, start_server, steady_rate, write_records
 
 
 def server_stats(base_url: str) -> dict:
