@@ -118,7 +118,8 @@ def test_a_batch_created_but_not_recorded_is_found_by_its_metadata(tmp_path):
 
     from protege.teacher.batch import BatchRunner
     from protege.teacher.batch_lines import request_line
-    from protege.teacher.client import ChatClient, Request
+    from protege.teacher.chat import ChatClient
+    from protege.teacher.client import Request
     from protege.teacher.cost import Budget
     from protege.teacher.params import ParamRules
 

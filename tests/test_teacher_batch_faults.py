@@ -17,7 +17,8 @@ import pytest
 from protege.data.samples import sample_path
 from protege.errors import ProtegeError
 from protege.teacher.batch import BatchRunner, batch_all
-from protege.teacher.client import ChatClient, Request
+from protege.teacher.chat import ChatClient
+from protege.teacher.client import Request
 from protege.teacher.config import TeacherConfig
 from protege.teacher.cost import Budget, worst_prompt_tokens
 from protege.teacher.params import ParamRules

@@ -19,7 +19,8 @@ from protege.generate import GenerateConfig, run_generate
 from protege.generate.run import summary_path
 from protege.redact import redact
 from protege.teacher import rescue
-from protege.teacher.client import ChatClient, Request, call_all
+from protege.teacher.chat import ChatClient
+from protege.teacher.client import Request, call_all
 from protege.teacher.config import TeacherConfig
 from protege.teacher.cost import Budget, worst_prompt_tokens
 from protege.teacher.keys import load_keys

@@ -7,11 +7,12 @@ import stat
 
 import pytest
 
-from protege.teacher.client import backoff, retry_after
+from protege.teacher.client import backoff
 from protege.teacher.config import TeacherConfig
 from protege.teacher.cost import Budget, estimate_prompt_tokens, worst_prompt_tokens
 from protege.teacher.keys import get_key, set_key
 from protege.teacher.migrations import MIGRATIONS
+from protege.teacher.ratelimit import retry_after
 from protege.teacher.store import Answer, TeacherStore, request_key
 
 MSG = [{"role": "user", "content": "Explain why."}]

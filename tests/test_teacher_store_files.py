@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from protege.cli import main
 from protege.data.samples import sample_path
 from protege.teacher import rescue
-from protege.teacher.client import ChatClient, Request, call_all
+from protege.teacher.chat import ChatClient
+from protege.teacher.client import Request, call_all
 from protege.teacher.config import TeacherConfig
 from protege.teacher.cost import Budget, worst_prompt_tokens
 from protege.teacher.store import StoreOpenError, StoreWriteError, TeacherStore

@@ -44,7 +44,7 @@ def teacher_config(teacher, model, base_url, opts):
 def live_teacher(tcfg, source: str, max_cost, label: str):
     """A TeacherRelay for the block (the local kind's llama.cpp server runs meanwhile)."""
     from protege.serve.relay import TeacherRelay
-    from protege.teacher.client import endpoint
+    from protege.teacher.chat import endpoint
 
     with endpoint(tcfg) as (base_url, api_key):
         yield TeacherRelay(tcfg, base_url, api_key, source, max_cost, label)

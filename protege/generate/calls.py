@@ -38,7 +38,7 @@ def send(
     told of each good answer as it arrives (the output rows are made while others wait)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from protege.teacher.client import ChatClient, endpoint
+    from protege.teacher.chat import ChatClient, endpoint
 
     tcfg = cfg.teacher
     run_id = new_run_id()

@@ -39,12 +39,8 @@ from protege.teacher.batch_lines import answer_of, chunks, request_line, result_
 from protege.teacher.batch_remote import MAX_POLL_S, BatchAPI, BatchGone
 from protege.teacher.batch_shared import DONE, DRIVER, drive, elsewhere, lost, take_over
 from protege.teacher.batch_shared import batch_row as _row
-from protege.teacher.client import (
-    CallReport,
-    ChatClient,
-    Request,
-    rescue_unwritten,
-)
+from protege.teacher.chat import ChatClient
+from protege.teacher.client import CallReport, Request, rescue_unwritten
 from protege.teacher.config import TeacherConfig
 from protege.teacher.cost import Budget
 from protege.teacher.leases import hold, lease, new_run_id, release, renew

@@ -12,7 +12,7 @@ import json
 import time
 from typing import Any
 
-from protege.teacher.client import token_logprobs
+from protege.teacher.chat import token_logprobs
 from protege.teacher.failures import FIX, RETRY, ApiError, classify
 from protege.teacher.prices import usage_counts
 from protege.teacher.store import Answer
