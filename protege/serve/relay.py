@@ -2,7 +2,7 @@
 
 Used by `protege proxy` (every request) and by the cascade of `protege serve --teacher ...`
 (the requests the student is unsure of). Each request is keyed as `generate` keys its own
-(model, messages, canonical parameters, and the endpoint: `endpoints.py`): an identical request
+(model, messages, canonical parameters, and the endpoint: `endpoint_ids.py`): an identical request
 this endpoint already answered is served from the store at no cost; a new answer is stored as it arrives, with its usage and cost, so stored
 traffic becomes training data (`protege traffic export`). The key is never stored.
 
@@ -103,13 +103,13 @@ class TeacherRelay:
         self.cfg, self.base_url, self.api_key, self.source = cfg, base_url, api_key, source
         self.max_cost, self.label = max_cost, label
         self.price: Pricing | None = pricing(cfg)
-        self.endpoint = cfg.endpoint_id(api_key)  # answers are this endpoint's (endpoints.py)
+        self.endpoint = cfg.endpoint_id(api_key)  # answers are this endpoint's (endpoint_ids.py)
         self.store: TeacherStore | None = None
         self.spent = 0.0
         self.calls = 0
 
     async def start(self) -> None:
-        from protege.teacher.client import ChatClient
+        from protege.teacher.chat import ChatClient
         from protege.teacher.leases import new_run_id, start_run
         from protege.teacher.spend import StoreCap
 
@@ -238,7 +238,7 @@ class TeacherRelay:
 
     def _answer(self, key: str, model: str, payload: dict[str, Any], text: str,
                 latency: float) -> Answer:  # fmt: skip
-        from protege.teacher.client import token_logprobs
+        from protege.teacher.chat import token_logprobs
 
         choice = payload["choices"][0]
         tin, tout, cached, reasoning = usage_counts(payload.get("usage") or {})
