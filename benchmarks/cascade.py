@@ -8,7 +8,8 @@ asked ~17 times with another `seed`, so every request is distinct and none is an
 store) by 32 concurrent `openai` SDK clients: once straight to the teacher (the application
 today), once through `protege serve --teacher ... --target-agreement 0.95` (the application
 after changing its base_url). The server runs on one core, the clients and the replica on the
-other.
+other. `--student protege:tfidf-logreg` puts a classical student (TF-IDF + logistic
+regression) in the MiniLM's place, served the same way (its kind's export).
 
     python benchmarks/cascade.py [--requests 2000] [--clients 32] [--target 0.95]
 
@@ -57,23 +58,23 @@ def prompt(row: dict) -> list[dict[str, str]]:
     )
 
 
-def train_student(work: Path, epochs: int) -> Path:
+def train_student(work: Path, epochs: int, name: str = "protege:minilm-cls") -> Path:
     """The classifier student on the training rows (gold labels: what this teacher answers),
-    exported to ONNX int8 (the path that is served)."""
+    in its kind's export (ONNX int8 for the MiniLM classifier: the path that is served)."""
     from protege.config import from_dict
     from protege.students import export_student
     from protege.train import run_train
     from protege.train.config import TrainConfig
 
     cfg = from_dict(TrainConfig, {
-        "model": "protege:minilm-cls", "task": {"format": "label"}, "epochs": epochs,
+        "model": name, "task": {"format": "label"}, "epochs": epochs,
         "train_data": str(work / "train.jsonl"), "dev_data": str(work / "dev.jsonl"),
         "output_dir": str(work / "student"), "lr": 1e-4, "batch_size": 16, "warmup_steps": 10,
         "evals_per_epoch": 1, "max_source_len": 128,
     })  # fmt: skip
     run_train(cfg)
     best = next((work / "student").glob("*/best-accuracy"))
-    return export_student(best, None, work / "student-onnx", "int8")
+    return export_student(best, None, work / "student-export", "int8")
 
 
 async def load(base_url: str, requests: list[tuple[dict, int]], clients: int) -> dict:
@@ -162,6 +163,9 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.95)
     parser.add_argument("--latency", type=float, default=0.8)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--student", default="protege:minilm-cls",
+                        help="the classifier student: protege:minilm-cls, or a classical one "
+                             "(protege:tfidf-logreg)")  # fmt: skip
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -172,7 +176,7 @@ def main() -> None:
             (work / f"{split}.jsonl").write_text(
                 "".join(json.dumps(r) + "\n" for r in rows(split)))  # fmt: skip
         t0 = time.perf_counter()
-        student = train_student(work, args.epochs)
+        student = train_student(work, args.epochs, args.student)
         train_s = time.perf_counter() - t0
         from protege.serve.calibrate import calibrate
 
@@ -233,6 +237,7 @@ def main() -> None:
         "requests": args.requests,
         "clients": args.clients,
         "train_s": round(train_s, 1),
+        "student": args.student,
     }
     result["floors_met"] = bool(
         errors == 0 and result["agreement"] >= args.target - 0.01
@@ -240,7 +245,7 @@ def main() -> None:
         and result["p50_ms_cascade"] <= 0.1 * result["p50_ms_teacher_only"]
     )  # fmt: skip
     print(
-        f"student: MiniLM classifier, ONNX int8; trained in {train_s:.0f} s; calibrated on "
+        f"student: {args.student}, in its export; trained in {train_s:.0f} s; calibrated on "
         f"120 dev rows: threshold {cal.threshold:.4f} keeps {cal.coverage:.1%} at "
         f"{cal.agreement if cal.agreement is None else round(cal.agreement, 4)} agreement"
     )
