@@ -20,24 +20,7 @@ import numpy as np
 from protege.errors import ConfigError
 from protege.formats import Example, TaskConfig, display_label, normalise_label
 from protege.students.base import Fitted, Student, StudentOptions
-from protege.students.classical.models import ClassicalModel, is_fitted, read_config
-
-
-def require(config: dict[str, Any], export: bool = False) -> None:
-    """One line naming the extra to install when a library this student needs is missing."""
-    import importlib
-
-    needed = ["sklearn", "scipy"]
-    needed += ["lightgbm"] if config.get("model") == "lgbm" else []
-    needed += ["model2vec"] if config.get("features") == "static" else []
-    needed += ["onnx", "onnxruntime", "skl2onnx", "onnxmltools"] if export else []
-    for module in needed:
-        try:
-            importlib.import_module(module)
-        except ImportError as e:
-            raise ConfigError(
-                f"classical students need {module}: pip install 'protege[classical]'"
-            ) from e
+from protege.students.classical.models import ClassicalModel, is_fitted, read_config, require
 
 
 class ClassicalStudent(Student):

@@ -32,7 +32,13 @@ from protege.data.io import write_json
 from protege.errors import ConfigError, ProtegeError
 from protege.formats import TASK_FILE, display_label, load_task
 from protege.students.classical.features import Tfidf, normalise
-from protege.students.classical.models import ClassicalModel, LogReg, Trees, read_config
+from protege.students.classical.models import (
+    ClassicalModel,
+    LogReg,
+    Trees,
+    read_config,
+    require,
+)
 
 MARKER = "protege_onnx_classical.json"
 OPSET = {"": 15, "ai.onnx.ml": 1}
@@ -108,8 +114,6 @@ def _merge_trees(graph_model, clf: Trees, dim: int):
 def export_onnx(model_dir, output=None, quantization: str = "int8") -> Path:
     """Export a fitted TF-IDF classical student dir to one ONNX graph; returns the export dir."""
     import onnx
-
-    from protege.students.classical import require
 
     model_dir = Path(model_dir)
     config = read_config(model_dir)

@@ -194,6 +194,23 @@ class ClassicalModel:
         return cls(features, classifier, config["labels"], config["classes"], config["params"])
 
 
+def require(config: dict[str, Any], export: bool = False) -> None:
+    """One line naming the extra to install when a library this student needs is missing."""
+    import importlib
+
+    needed = ["sklearn", "scipy"]
+    needed += ["lightgbm"] if config.get("model") == "lgbm" else []
+    needed += ["model2vec"] if config.get("features") == "static" else []
+    needed += ["onnx", "onnxruntime", "skl2onnx", "onnxmltools"] if export else []
+    for module in needed:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ConfigError(
+                f"classical students need {module}: pip install 'protege[classical]'"
+            ) from e
+
+
 def is_fitted(src: Path, config: dict[str, Any]) -> bool:
     return "classes" in config and all(
         (src / f).exists() for f in classifier_class(config["model"]).files

@@ -14,6 +14,7 @@ is the same config plus what was fitted (`ClassicalStudent.save`).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,30 +41,26 @@ SPECS: dict[str, dict[str, Any]] = {
 }
 
 
-def static_dir() -> Path:
-    """model2vec embeddings distilled from the packaged MiniLM, built once (atomically)."""
-    from protege.students.builtins import _atomic_dir
+def static_dir(minilm: Path, atomic_dir: Callable[[Path, Callable[[Path], None]], Path]) -> Path:
+    """model2vec embeddings distilled from MiniLM (`minilm`), built once by `atomic_dir`
+    (`students.builtins`: into a temp dir, then renamed)."""
 
     def build(tmp: Path) -> None:
         from model2vec.distill import distill
 
-        try:  # the packaged MiniLM: its finder may live in either module
-            from protege.students.builtins import minilm_dir
-        except ImportError:
-            from protege.student import minilm_dir
+        distill(str(minilm), pca_dims=256, device="cpu").save_pretrained(str(tmp))
 
-        distill(str(minilm_dir()), pca_dims=256, device="cpu").save_pretrained(str(tmp))
-
-    return _atomic_dir(user_dir() / "models" / "minilm-static", build)
+    return atomic_dir(user_dir() / "models" / "minilm-static", build)
 
 
-def build_spec(name: str) -> Path:
-    """The spec dir of `protege:<name>`, (re)written when missing or out of date."""
+def build_spec(name: str, minilm: Callable[[], Path], atomic_dir) -> Path:
+    """The spec dir of `protege:<name>`, (re)written when missing or out of date; a static
+    one distils `minilm()` the first time."""
     from protege.data.io import write_json
 
     config = {"protege_kind": "classical", "name": name, **SPECS[name]}
     if config["features"] == "static":
-        config["static"] = str(static_dir())
+        config["static"] = str(static_dir(minilm(), atomic_dir))
     out = user_dir() / "models" / name
     path = out / "config.json"
     if not path.exists() or json.loads(path.read_text()) != config:
