@@ -174,10 +174,10 @@ def test_static_embeddings_fit_save_and_load(tmp_path):
     from model2vec import StaticModel
     from tokenizers import Tokenizer
 
-    from protege.students.builtins import minilm_cls_dir
+    from protege.students.builtins import minilm_dir
     from protege.students.classical.spec import SPECS
 
-    tok = Tokenizer.from_file(str(minilm_cls_dir() / "tokenizer.json"))
+    tok = Tokenizer.from_file(str(minilm_dir() / "tokenizer.json"))
     vectors = np.random.default_rng(0).normal(size=(tok.get_vocab_size(), 16))
     StaticModel(vectors.astype(np.float32), tok, normalize=True).save_pretrained(tmp_path / "e")
     spec = tmp_path / "spec"

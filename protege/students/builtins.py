@@ -117,7 +117,7 @@ def minilm_dir() -> Path:
 def classical_spec(name: str) -> Path:
     from protege.students.classical.spec import build_spec
 
-    return build_spec(name, minilm_cls_dir, _atomic_dir)
+    return build_spec(name, minilm_dir, _atomic_dir)
 
 
 BUILTINS: dict[str, tuple[str, Callable[[], Path]]] = {
