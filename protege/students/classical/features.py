@@ -10,9 +10,9 @@ export computes the same vector.
 Serving one input through scikit-learn's `transform` costs about 2 ms on a long NLI premise
 (its per-call checks and sparse-matrix building), so `rows` computes the same vector without
 them: the word block through the vectorizer's own analyzer and a dict, the character block
-through `CharIndex`, which finds every n-gram's vocabulary index with a few vectorised
-searches instead of one Python dict look-up per n-gram (2,000 on a long premise). Tests check
-it equals `TfidfVectorizer.transform`.
+through `CharIndex`, which finds every n-gram's vocabulary index with one vectorised search
+instead of one Python dict look-up per n-gram (2,000 on a long premise). Tests check it
+equals `TfidfVectorizer.transform`.
 
 Static (`static`): model2vec embeddings distilled from MiniLM (mean of the tokens' static
 vectors, L2-normalised); nothing is fitted on the training rows.
@@ -68,57 +68,59 @@ def make_vectorizer(params: dict[str, Any]):
 
 
 class CharIndex:
-    """Vocabulary indices of an input's character n-grams, found level by level: the d-gram
-    starting at i is the node (node of its (d-1)-gram prefix, its last character) of a trie of
-    the vocabulary's n-grams and their prefixes. Each level is one `searchsorted` of
-    (parent node << 21 | code point + 1) keys over all positions at once; a position whose
-    prefix is not in the trie drops out. Exact: the keys are injective (a code point fits in
-    21 bits)."""
+    """Vocabulary indices of an input's character n-grams, all found with one `searchsorted`.
 
-    SHIFT = np.uint64(21)
+    Each character of the vocabulary's n-grams gets a small id (1..A, its rank in the
+    vocabulary's alphabet; any other character 0); an n-gram's key packs its ids, `bits` each,
+    with n in the top 3 bits. The keys are injective, so a look-up is exact, and a gram with a
+    character outside the alphabet (a 0 field) matches nothing, as it is in no vocabulary
+    entry. The keys of every position and length come from the id array with a shift and an or
+    per length. Needs `hi * bits <= 61` (an alphabet of up to 4,095 characters for 5-grams):
+    `usable` says whether it holds."""
 
     def __init__(self, vocab: list[str], ngrams: tuple[int, int]):
         self.lo, self.hi = ngrams
-        nodes: list[dict[str, int]] = [{"": 0}] + [{} for _ in range(self.hi)]
-        for gram in vocab:
-            for d in range(1, len(gram) + 1):
-                nodes[d].setdefault(gram[:d], len(nodes[d]))
-        index = {g: i for i, g in enumerate(vocab)}
-        self.levels = []
-        for d in range(1, self.hi + 1):
-            n = len(nodes[d])
-            keys = np.empty(n, dtype=np.uint64)
-            feature = np.full(n, -1, dtype=np.int64)
-            for gram, i in nodes[d].items():
-                keys[i] = (np.uint64(nodes[d - 1][gram[:-1]]) << self.SHIFT) | np.uint64(
-                    ord(gram[-1]) + 1
-                )
-                feature[i] = index.get(gram, -1)
-            order = np.argsort(keys, kind="stable")
-            self.levels.append((keys[order], order.astype(np.int64), feature))
+        alphabet = sorted({c for gram in vocab for c in gram})
+        self.alphabet = np.array([ord(c) for c in alphabet], dtype=np.uint32)
+        self.bits = max(1, len(alphabet).bit_length())
+        self.usable = self.hi * self.bits <= 61
+        if not self.usable:
+            return
+        rank = {c: i + 1 for i, c in enumerate(alphabet)}
+        keys = np.fromiter((self._key(g, rank) for g in vocab), dtype=np.uint64, count=len(vocab))
+        order = np.argsort(keys, kind="stable")
+        self.keys, self.feature = keys[order], order.astype(np.int64)
 
-    def __call__(self, text: str) -> np.ndarray:
-        """Vocabulary index of each in-vocabulary n-gram of `text` (lowercased, whitespace
-        runs collapsed), repeats included."""
+    def _key(self, gram: str, rank: dict[str, int]) -> int:
+        key = 0
+        for c in gram:
+            key = (key << self.bits) | rank[c]
+        return key | (len(gram) << 61)
+
+    def __call__(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """(vocabulary index, count) of each distinct in-vocabulary n-gram of `text`
+        (lowercased, whitespace runs collapsed)."""
+        none = np.empty(0, dtype=np.int64)
         codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-        chars = codes.astype(np.uint64) + np.uint64(1)
-        node = np.zeros(len(chars), dtype=np.int64)
-        alive = np.ones(len(chars), dtype=bool)
-        found = []
-        for d, (keys, ids, feature) in enumerate(self.levels, start=1):
-            m = len(chars) - d + 1
-            if m <= 0 or not len(keys):
-                break
-            query = (node[:m].astype(np.uint64) << self.SHIFT) | chars[d - 1 : d - 1 + m]
-            pos = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
-            alive = alive[:m] & (keys[pos] == query)
-            node = np.where(alive, ids[pos], 0)
-            if d >= self.lo:
-                f = np.where(alive, feature[node], -1)
-                found.append(f[f >= 0])
-            if not alive.any():
-                break
-        return np.concatenate(found) if found else np.empty(0, dtype=np.int64)
+        if not len(codes) or not len(self.keys):
+            return none, none
+        pos = np.minimum(np.searchsorted(self.alphabet, codes), len(self.alphabet) - 1)
+        ids = np.where(self.alphabet[pos] == codes, pos + 1, 0).astype(np.uint64)
+        bits, grams, key = np.uint64(self.bits), [], ids
+        for n in range(1, min(self.hi, len(ids)) + 1):
+            if n > 1:  # key[i]: the (n-1)-gram at i; append the character at i + n - 1
+                key = (key[:-1] << bits) | ids[n - 1 :]
+            if n >= self.lo:
+                grams.append(key | np.uint64(n << 61))
+        if not grams:
+            return none, none
+        query = np.sort(np.concatenate(grams))  # sorted needles: each search starts at the last
+        at = np.minimum(np.searchsorted(self.keys, query), len(self.keys) - 1)
+        at = at[self.keys[at] == query]  # sorted: a gram's repeats are neighbours
+        if not len(at):
+            return none, none
+        starts = np.flatnonzero(np.r_[True, at[1:] != at[:-1]])
+        return self.feature[at[starts]], np.diff(np.r_[starts, len(at)])
 
 
 @dataclass
@@ -136,21 +138,22 @@ class Block:
         self._fast = vec.analyzer == "char" and vec.lowercase and vec.strip_accents is None
         if self._fast:
             self._chars = CharIndex(self.vocab, tuple(self.params["ngram_range"]))
-        else:
+            self._fast = self._chars.usable
+        if not self._fast:
             self._analyze = vec.build_analyzer()
             self._index = {g: i for i, g in enumerate(self.vocab)}
 
-    def ids(self, text: str) -> np.ndarray:
+    def counts(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """(index, term frequency) of each distinct in-vocabulary term of `text`."""
         if self._fast:
             return self._chars(text.lower())
         get = self._index.get
-        return np.fromiter(
-            (i for i in map(get, self._analyze(text)) if i is not None), dtype=np.int64
-        )
+        ids = np.fromiter((i for i in map(get, self._analyze(text)) if i is not None), np.int64)
+        return np.unique(ids, return_counts=True)
 
     def row(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """(sorted indices, values) of `text`'s L2-normalised tf-idf vector."""
-        idx, tf = np.unique(self.ids(text), return_counts=True)
+        """(indices, values) of `text`'s L2-normalised tf-idf vector."""
+        idx, tf = self.counts(text)
         values = tf * self.idf[idx]
         norm = np.sqrt(values @ values)
         return idx, values / norm if norm > 0 else values

@@ -54,10 +54,17 @@ class LogReg:
         return cls(np.ascontiguousarray(coef, dtype=np.float64), intercept.astype(np.float64))
 
     def proba(self, features: Tfidf | Static, texts: list[str]) -> np.ndarray:
-        if isinstance(features, Tfidf):  # one sparse row at a time: no matrix to build
-            z = [v @ self.coef[i] + self.intercept for i, v in features.rows(texts)]
-            return softmax(np.array(z).reshape(len(texts), -1))
-        return self.proba_matrix(features.matrix(texts))
+        if not isinstance(features, Tfidf):
+            return self.proba_matrix(features.matrix(texts))
+        # One input at a time, block by block: no sparse matrix to build for a served request.
+        ends = features.offsets
+        coefs = [self.coef[a:b] for a, b in zip(ends[:-1], ends[1:], strict=True)]
+        z = np.tile(self.intercept, (len(texts), 1))
+        for k, text in enumerate(texts):
+            for block, coef in zip(features.blocks, coefs, strict=True):
+                idx, values = block.row(text)
+                z[k] += values @ coef[idx]
+        return softmax(z)
 
     def proba_matrix(self, x) -> np.ndarray:
         return softmax(np.asarray(x @ self.coef) + self.intercept)
