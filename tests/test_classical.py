@@ -72,6 +72,22 @@ def test_fast_features_equal_scikit_learns_transform():
     assert (want != 0).sum() > 1000  # the vectors are not empty: the check can fail
     again = features.matrix(texts[:5]).toarray()
     assert np.abs(again - train_matrix[:5].toarray()).max() < 1e-12
+    assert all(b.order is not None for b in features.blocks)  # the packed searches ran
+
+
+def test_an_alphabet_too_large_to_pack_falls_back_to_scikit_learns_analyzer():
+    """5-grams of 5,000 distinct characters do not fit 61 bits: the char block looks its
+    n-grams up as scikit-learn does, with the same result."""
+    import scipy.sparse as sp
+
+    texts = ["".join(chr(0x4E00 + (i * 7 + j) % 5000) for j in range(9)) for i in range(800)]
+    texts[0] += " ascii words"
+    features, _ = Tfidf.fit({"word_ngrams": [1, 2], "char_ngrams": [2, 5]}, texts)
+    assert features.blocks[1].order is None and features.blocks[0].order is not None
+    only_chars, _ = Tfidf.fit({"word_ngrams": [1, 2], "char_ngrams": [2, 5]}, texts[1:])
+    assert [b.name for b in only_chars.blocks] == ["char"]  # no ASCII word: no word block
+    want = sp.hstack([b.vectorizer().transform(texts[:50]) for b in features.blocks]).toarray()
+    assert np.abs(features.matrix(texts[:50]).toarray() - want).max() < 1e-12
 
 
 def test_the_grid_is_scored_on_dev(fitted):

@@ -56,15 +56,29 @@ class LogReg:
     def proba(self, features: Tfidf | Static, texts: list[str]) -> np.ndarray:
         if not isinstance(features, Tfidf):
             return self.proba_matrix(features.matrix(texts))
-        # One input at a time, block by block: no sparse matrix to build for a served request.
-        ends = features.offsets
-        coefs = [self.coef[a:b] for a, b in zip(ends[:-1], ends[1:], strict=True)]
+        # One input at a time, block by block, no sparse matrix built (a served request):
+        # one gathered row of [idf * W | idf] per term gives the block's logits.
         z = np.tile(self.intercept, (len(texts), 1))
         for k, text in enumerate(texts):
-            for block, coef in zip(features.blocks, coefs, strict=True):
-                idx, values = block.row(text)
-                z[k] += values @ coef[idx]
+            for block, table in zip(features.blocks, self.tables(features), strict=True):
+                pos, tf = block.terms(text)
+                rows = table[pos]
+                tfidf = tf * rows[:, -1]
+                norm = np.sqrt(tfidf @ tfidf)
+                if norm > 0:
+                    z[k] += (tf @ rows[:, :-1]) / norm
         return softmax(z)
+
+    def tables(self, features: Tfidf) -> list[np.ndarray]:
+        """Each block's `Block.folded` table of these coefficients (built once)."""
+        if getattr(self, "_tables_of", None) is not features:
+            ends = features.offsets
+            self._tables = [
+                b.folded(self.coef[lo:hi])
+                for b, lo, hi in zip(features.blocks, ends[:-1], ends[1:], strict=True)
+            ]
+            self._tables_of = features
+        return self._tables
 
     def proba_matrix(self, x) -> np.ndarray:
         return softmax(np.asarray(x @ self.coef) + self.intercept)
