@@ -6,6 +6,10 @@
   scoring from the prompt's last position (one prompt pass; NLI labels differ at the first
   token).
 
+- classical: `protege:tfidf-logreg` (TF-IDF word 1-2 and char 2-5 grams, logistic
+  regression), fitted through the trainer on ANLI rows (`classical_dirs`: its fit time is
+  measured), served from its model dir (NumPy) and from its ONNX export.
+
 Untrained heads and weights give the same latency as trained ones (the same computation).
 """
 
@@ -40,18 +44,47 @@ def kind_paths(dirs: dict[str, Path], threads: int) -> tuple[dict[str, Callable]
     from protege.serve.predictor import Predictor
     from protege.students import load_student
 
-    cls_p = Predictor.load(dirs["classifier_export"], threads=threads)
-    causal_p = Predictor.load(dirs["causal_export"], threads=threads)
-    params = {k: load_student(dirs[k]).n_params() for k in ("classifier", "causal")}
-    paths = {
-        CLASSIFIER: lambda r: cls_p.predict([r])[0]["label"],
-        CAUSAL: lambda r: causal_p.predict([r])[0]["label"],
-    }
+    names = {"classifier_export": CLASSIFIER, "causal_export": CAUSAL,
+             "classical": CLASSICAL, "classical_export": CLASSICAL + ", ONNX"}  # fmt: skip
+    predictors = {name: Predictor.load(dirs[k], threads=threads)
+                  for k, name in names.items() if k in dirs}  # fmt: skip
+    kinds = [k for k in ("classifier", "causal", "classical") if k in dirs]
+    params = {k: load_student(dirs[k]).n_params() for k in kinds}
+    paths = {name: (lambda r, p=p: p.predict([r])[0]["label"]) for name, p in predictors.items()}
     return paths, params
 
 
 CLASSIFIER = "classifier MiniLM, ONNX int8"
 CAUSAL = "causal SmolLM2-135M, CT2 int8 scoring"
+CLASSICAL = "classical TF-IDF + LR"
+
+
+def classical_dirs(data: Path, skip: int, work: Path, n_dev: int = 100):
+    """`protege:tfidf-logreg` fitted through the trainer (its grid of C, each scored on dev)
+    on `data`'s rows after the first `skip` (the timed inputs): the last `n_dev` choose, the
+    others train. ({classical: its best-loss dir, classical_export: the ONNX export}, seconds
+    the fit took, loading and saving included)."""
+    import time
+
+    from protege.students import export_student
+    from protege.train.config import GenerationConfig, TrainConfig
+    from protege.train.trainer import train_one
+
+    n = sum(1 for _ in open(data))
+    cfg = TrainConfig(
+        model="protege:tfidf-logreg",
+        task=TaskConfig(format="label"),
+        train_data=f"{data}[{skip}:{n - n_dev}]",
+        dev_data=f"{data}[{n - n_dev}:]",
+        output_dir=str(work / "classical"),
+        generation=GenerationConfig(max_new_tokens=8),
+    )
+    t0 = time.perf_counter()
+    train_one(cfg, work / "classical", "classical")
+    seconds = time.perf_counter() - t0
+    best = work / "classical" / "best-loss"
+    exported = export_student(best, None, work / "classical-onnx")
+    return {"classical": best, "classical_export": exported}, seconds
 
 
 def causal_throughput(examples, steps: int, batch_size: int, name: str = CAUSAL_MODEL) -> dict:

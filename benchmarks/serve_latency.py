@@ -12,9 +12,12 @@ which always yields a label; a fast path has "the same predictions" only if it a
 that on every input. The teacher row is the local llama.cpp server answering the `label` recipe's
 prompt through the openai SDK with the pipeline's own sampling parameters. Then
 `protege serve` (a subprocess, fastest path) is loaded by 32 concurrent clients for
-`--seconds`. Floors: the fastest path with the same predictions >= 3x faster than generate
-at p50; the fastest path >= 50x faster than the local teacher's p50; zero serve errors.
-Last line: one JSON object.
+`--seconds`. The other kinds on their fastest paths (`kinds.py`), among them a classical
+student (TF-IDF + logistic regression, fitted through the trainer on the dev rows after the
+timed ones, its fit time reported) served from its model dir, and from its ONNX export.
+Floors: the fastest path with the same predictions >= 3x faster than generate at p50; the
+fastest path >= 50x faster than the local teacher's p50; zero serve errors; the classical
+student's p50 <= 1 ms. Last line: one JSON object.
 """
 
 from __future__ import annotations
@@ -57,63 +60,6 @@ def timed(paths: dict, items: list, warmup: int = 3) -> tuple[dict, dict]:
             out[name].append(fn(item))
             lat[name].append((time.perf_counter() - t0) * 1000)
     return lat, out
-
-
-def constrained_generate(p, sources: list[str]) -> list[str | None]:
-    """HF generate restricted to the label set's token trie (always a valid label)."""
-    import torch
-
-    b = p.backend
-    cands = p.candidates.ids
-    eos = cands[0][-1]
-
-    def allowed(_batch_id, ids):
-        prefix = ids.tolist()[1:]  # drop the decoder start token
-        nxt = {c[len(prefix)] for c in cands if len(c) > len(prefix) and c[: len(prefix)] == prefix}
-        return sorted(nxt) or [eos]
-
-    with torch.inference_mode():
-        enc = b._encode(sources)
-        out = b.model.generate(
-            **enc,
-            max_new_tokens=p.candidates.max_len,
-            do_sample=False,
-            num_beams=1,
-            prefix_allowed_tokens_fn=allowed,
-        )
-    seqs = out[:, 1:].tolist()
-    labels = []
-    for s in seqs:
-        match = [lab for lab, c in zip(p.candidates.labels, cands, strict=True) if s[: len(c)] == c]
-        labels.append(match[0] if match else None)
-    return labels
-
-
-def rationale_generate(p, source: str, n_tokens: int) -> str:
-    """HF generate as a Paper A (label+rationale) student is served: it writes the label, then
-    the rationale. Random weights never stop on their own, so each input generates exactly the
-    length of its real target ("{Label} Explanation: {gpt-3.5 rationale}" + eos, tokenized)."""
-    import torch
-
-    b = p.backend
-    with torch.inference_mode():
-        enc = b._encode([source])
-        out = b.model.generate(
-            **enc, min_new_tokens=n_tokens, max_new_tokens=n_tokens, do_sample=False, num_beams=1
-        )
-    return b.tok.decode(out[0], skip_special_tokens=True)
-
-
-def target_lengths(records: list[dict], tok) -> dict[str, int]:
-    """Tokens in each row's label+rationale target, as the trainer builds it (+ eos)."""
-    from protege.formats import TaskConfig, make_examples
-
-    task = TaskConfig(format="label+rationale")
-    out = {}
-    for r in records:
-        [ex] = make_examples(task, r)
-        out[r["uid"]] = len(tok(ex.target, add_special_tokens=False)["input_ids"]) + 1
-    return out
 
 
 def teacher_latencies(
@@ -288,9 +234,11 @@ def main() -> None:
         model_dir, train_s = brief_training(args.data, args.n, args.train_steps, work)
         ct2_dir = export_ct2(model_dir, work / "student-ct2-int8", quantization="int8")
         f32_dir = export_ct2(model_dir, work / "student-ct2-f32", quantization="float32")
-        from kinds import CAUSAL, CLASSIFIER, kind_dirs, kind_paths
+        from gen_paths import constrained_generate, rationale_generate, target_lengths
+        from kinds import CAUSAL, CLASSICAL, CLASSIFIER, classical_dirs, kind_dirs, kind_paths
 
-        other_kinds, kind_params = kind_paths(kind_dirs(work), args.threads)
+        classical, classical_fit_s = classical_dirs(args.data, args.n, work)
+        other_kinds, kind_params = kind_paths({**kind_dirs(work), **classical}, args.threads)
         torch_p = Predictor.load(model_dir, threads=args.threads)
         ct2_p = Predictor.load(ct2_dir, threads=args.threads)
         f32_p = Predictor.load(f32_dir, threads=args.threads)
@@ -309,7 +257,7 @@ def main() -> None:
             FAST["ct2_f32_scoring"]: lambda r: f32_p.predict([r], fast=True)[0]["label"],
             "CTranslate2 int8 generate": lambda r: ct2_p.predict([r], fast=False)[0]["label"],
             FAST["ct2_scoring"]: lambda r: ct2_p.predict([r], fast=True)[0]["label"],
-            **other_kinds,  # the classifier and causal students' fastest paths
+            **other_kinds,  # the classifier's, causal's and classical students' fastest paths
         }
         rows, out = timed(paths, records)
         preds = {
@@ -394,6 +342,7 @@ def main() -> None:
         "seq2seq": statistics.median(rows[FAST["ct2_scoring"]]),
         "classifier": statistics.median(rows[CLASSIFIER]),
         "causal": statistics.median(rows[CAUSAL]),
+        "classical": statistics.median(rows[CLASSICAL]),
     }
     kind_params["seq2seq"] = torch_p.backend.model.num_parameters()
     print("per kind, fastest path (p50 ms, parameters): " + ", ".join(
@@ -406,7 +355,11 @@ def main() -> None:
         "fast_3x_generate_same_predictions": gen_p50 / fast_p50 >= 3 and same[fast_key],
         "fast_50x_local_teacher": teacher_p50 / best_p50 >= 50,
         "serve_zero_errors": served["errors"] == 0,
+        "classical_p50_under_1ms": kind_p50["classical"] <= 1.0,
     }
+    print(f"classical (TF-IDF + logistic regression, served from its model dir): fitted in "
+          f"{classical_fit_s:.1f} s (its grid of C, each scored on dev), p50 "
+          f"{kind_p50['classical']:.3f} ms")  # fmt: skip
     print(f"floors: {floors}")
     result = {
         "generate_p50_ms": round(gen_p50, 3),
@@ -436,6 +389,10 @@ def main() -> None:
         "causal_p50_ms": round(kind_p50["causal"], 3),
         "causal_p99_ms": round(pct(rows[CAUSAL], 0.99), 3),
         "seq2seq_ct2_scoring_p50_ms": round(kind_p50["seq2seq"], 3),
+        "classical_p50_ms": round(kind_p50["classical"], 3),
+        "classical_p99_ms": round(pct(rows[CLASSICAL], 0.99), 3),
+        "classical_onnx_p50_ms": round(statistics.median(rows[CLASSICAL + ", ONNX"]), 3),
+        "classical_fit_s": round(classical_fit_s, 2),
         "params": kind_params,
         "floors": floors,
     }

@@ -69,6 +69,42 @@ def test_the_pick_follows_the_measurements():
     assert "teacher was asked" not in text
 
 
+def test_the_pick_weighs_accuracy_against_cost_and_latency_for_every_kind():
+    """Four kinds: the cheapest (classical) is less accurate than the interval allows, so the
+    pick is not it; the trade-off names what each dearer student buys, and the students
+    beaten on both (dearer and less accurate) are left off it."""
+    classical = _c("classical", "classical", "label", 0.60, [0.51, 0.69], 9e-6, 0.4, 0.05, 240)
+    cls = _c("classifier", "classifier", "label", 0.70, [0.62, 0.78], 0.0001, 3.0, 0.04, 240)
+    s2s = _c("seq2seq", "seq2seq", "label+rationale", 0.72, [0.64, 0.80], 0.002, 40.0, 0.15, 240)
+    causal = _c("causal", "causal", "label", 0.50, [0.41, 0.59], 0.02, 300.0, 0.30, 240)
+    text = "\n".join(pick_paragraphs([classical, cls, s2s, causal], None))
+    assert "`classifier` for labels: its test accuracy (70.0%) is within the 95%" in text
+    assert (
+        "Accuracy against cost, from the cheapest student to the most accurate (each one more "
+        "accurate than every cheaper one; the others are beaten on both): `classical` 60.0% at "
+        "$0.0000090 per 1,000, p50 0.4 ms; `classifier` 70.0% (+10.0 points) at $0.0001 (11x "
+        "the cost), p50 3.0 ms (7.5x the latency); `seq2seq` 72.0% (+2.0 points) at $0.0020 "
+        "(20x the cost), p50 40.0 ms (13x the latency)."
+    ) in text
+    assert "`causal` 50.0%" not in text  # dearer than all and less accurate: off the frontier
+    assert "`classical`, `classifier`, `causal`: trained on labels only" in text
+    alone = "\n".join(pick_paragraphs([cls], None))
+    assert "Accuracy against cost" not in alone  # one student: nothing to weigh
+
+
+def test_money_keeps_the_digits_of_a_tiny_cost():
+    from protege.report.model import money
+
+    assert money(8.88e-06) == "$0.0000089"
+    assert money(5e-05) == "$0.000050"
+    assert (money(0.0022), money(0.5), money(0.0), money(12.5)) == (
+        "$0.0022",
+        "$0.5000",
+        "$0.0000",
+        "$12.50",
+    )
+
+
 def test_variants_report_picks_from_its_own_table(tmp_path):
     import shutil
 

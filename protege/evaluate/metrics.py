@@ -91,7 +91,10 @@ def bleu_sentence_stats(hyps: Sequence[str], refs: Sequence[str]) -> list[list[i
 
 def is_uncased(tok: Any) -> bool:
     """True when the tokenizer lowercases (MiniLM/BERT uncased): its outputs cannot match a
-    cased reference, so BLEU is then computed case-insensitively (and says so)."""
+    cased reference, so BLEU is then computed case-insensitively (and says so). A student
+    without a tokenizer writes no text to compare: False."""
+    if tok is None:
+        return False
     return tok.decode(tok("Ab", add_special_tokens=False)["input_ids"]).strip() == "ab"
 
 

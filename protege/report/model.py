@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +59,10 @@ def ci(pair: list[float] | None, scale: float = 1.0, digits: int = 1) -> str:
 
 
 def money(x: float | None) -> str:
+    """Dollars: 4 decimals under $1, cents above; two significant digits under $0.0001 (a
+    student answering in microseconds costs $0.0000083 per 1,000, not $0.0000)."""
     if x is None:
         return "–"
+    if 0 < x < 1e-4:
+        return f"${x:.{1 - math.floor(math.log10(x))}f}"
     return f"${x:.4f}" if x < 1 else f"${x:,.2f}"

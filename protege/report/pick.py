@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from protege.report.model import pct
+from protege.report.model import money, pct
 
 INF = float("inf")
 
@@ -19,7 +19,7 @@ class Candidate:
 
     name: str
     kind: str
-    """Student kind: seq2seq, causal, classifier."""
+    """Student kind (as its config says: `students.kind_from_config`)."""
     format: str | None
     """Target format it was trained on (`label`: no rationale)."""
     accuracy: float | None
@@ -33,12 +33,13 @@ class Candidate:
 
     @property
     def rationale(self) -> bool:
-        """Whether it writes a rationale: a generative kind trained with one."""
-        return self.kind != "classifier" and self.format not in (None, "label")
+        """Whether it writes a rationale: trained with one (a kind that cannot write one
+        refuses every format but `label`)."""
+        return self.format not in (None, "label")
 
 
 def _money(x: float | None) -> str:
-    return "–" if x is None else f"${x:.4f}"
+    return money(x)
 
 
 def pick_paragraphs(cands: list[Candidate], teacher: dict[str, Any] | None) -> list[str]:
@@ -79,6 +80,9 @@ def pick_paragraphs(cands: list[Candidate], teacher: dict[str, Any] | None) -> l
             f"where its label probabilities are used as confidences"
         )
     out = [text + "."]
+    trade = tradeoff(scored)
+    if trade:
+        out.append(trade)
     if not pick.rationale:
         writers = [c for c in scored if c.rationale]
         if writers:
@@ -92,6 +96,54 @@ def pick_paragraphs(cands: list[Candidate], teacher: dict[str, Any] | None) -> l
             out.append("No student here writes a rationale.")
     out += _caveats(scored, teacher)
     return out
+
+
+def frontier(scored: list[Candidate]) -> list[Candidate]:
+    """The students no other beats on both accuracy and estimated cost (cheapest first):
+    every other one is less accurate than a cheaper student, or as accurate and dearer."""
+    priced = sorted(
+        (c for c in scored if c.cost_per_1k is not None),
+        key=lambda c: (c.cost_per_1k, -(c.accuracy or 0.0), _or_inf(c.p50_ms)),
+    )
+    out: list[Candidate] = []
+    for c in priced:
+        if not out or (c.accuracy or 0.0) > (out[-1].accuracy or 0.0):
+            out.append(c)
+    return out
+
+
+def tradeoff(scored: list[Candidate]) -> str | None:
+    """Accuracy against cost and latency along the frontier, each step priced: how many
+    points of test accuracy each costlier student buys, for how many times the cost and the
+    p50 latency of the one before it. None with fewer than two students on it."""
+    steps = frontier(scored)
+    if len(steps) < 2:
+        return None
+    first = steps[0]
+    parts = [
+        f"`{first.name}` {pct(first.accuracy)}% at {_money(first.cost_per_1k)} per 1,000, "
+        f"p50 {_ms(first.p50_ms)}"
+    ]
+    for prev, c in zip(steps, steps[1:], strict=False):
+        gain = 100 * ((c.accuracy or 0.0) - (prev.accuracy or 0.0))
+        parts.append(
+            f"`{c.name}` {pct(c.accuracy)}% (+{gain:.1f} points) at {_money(c.cost_per_1k)} "
+            f"({_times(c.cost_per_1k, prev.cost_per_1k)} the cost), p50 {_ms(c.p50_ms)} "
+            f"({_times(c.p50_ms, prev.p50_ms)} the latency)"
+        )
+    return (
+        "Accuracy against cost, from the cheapest student to the most accurate (each one "
+        "more accurate than every cheaper one; the others are beaten on both): "
+        + "; ".join(parts)
+        + "."
+    )
+
+
+def _times(x: float | None, ref: float | None) -> str:
+    if x is None or not ref:
+        return "? x"
+    r = x / ref
+    return f"{r:,.0f}x" if r >= 10 else f"{r:.1f}x"
 
 
 def _caveats(scored: list[Candidate], teacher: dict[str, Any] | None) -> list[str]:

@@ -49,7 +49,15 @@ def model_facts(model_dir: Path) -> tuple[str, int | None]:
                 for d in t["shape"]:
                     size *= d
                 total += size
+    if config.exists():  # weights outside top-level safetensors (trees): the count it records
+        total = json.loads(config.read_text()).get("num_parameters") or total
     return kind or "–", total or None
+
+
+def params_cell(params: int | None) -> str:
+    if not params:
+        return "–"
+    return f"{params / 1e6:.1f}M" if params >= 100_000 else f"{params / 1e3:.1f}k"
 
 
 def candidate(
@@ -109,7 +117,7 @@ def build_variants_report(
                 name,
                 str(best.get("model")),
                 kind_name,
-                f"{params / 1e6:.1f}M" if params else "–",
+                params_cell(params),
                 best["checkpoint"],
                 *_metric_cells(best["test"], kind),
                 num(best["speed"].get("p50_single_ms"), 1),
@@ -140,8 +148,9 @@ def build_variants_report(
             "Each variant's checkpoint with the best dev score. Student cost is estimated: "
             f"batched latency × an assumed ${price or 0:.2f}/hour machine; the teacher's is "
             "its recorded per-call cost. p50 single request: the median of up to 16 test "
-            "inputs (fewer, at least 3, once 3 s are spent) generated one at a time in "
-            "PyTorch; batched: the evaluation's generation time per example. "
+            "inputs (fewer, at least 3, once 3 s are spent) answered one at a time by the "
+            "student as saved (PyTorch for transformer students); batched: the evaluation's "
+            "generation time per example. "
             "`serve_latency.py` times each kind's fastest served path (CTranslate2, ONNX). "
             "ECE: expected calibration error of the served label's probability (lower is "
             "better)."

@@ -147,8 +147,7 @@ async def respond(
         if len(ids) > req.max_tokens:  # cut as the teacher's answer would have been
             text, finish = tok.decode(ids[: req.max_tokens], skip_special_tokens=True), "length"
             content.text = text
-    n_in = len(tok(source).input_ids)
-    n_out = len(tok(text, add_special_tokens=False).input_ids)
+    n_in, n_out = token_count(tok, source, True), token_count(tok, text, False)
     logprobs = logprobs_content(content, pred, req.top_logprobs) if req.logprobs else None
     answer = completion(ctx.served_name, text, usage(n_in, n_out), logprobs, finish)
     ctx.metrics.route(route, confidence)
@@ -157,6 +156,14 @@ async def respond(
         if route == "student":
             cascade.maybe_shadow(req.body, task, pred, req.schema, ctx.metrics)
     return answer, {**headers, ROUTE_HEADER: route}
+
+
+def token_count(tok, text: str, special: bool) -> int:
+    """Tokens of `text` for `usage`; a student without a tokenizer (it reads text) counts
+    whitespace-separated words."""
+    if tok is None:
+        return len(text.split())
+    return len(tok(text, add_special_tokens=special).input_ids)
 
 
 async def _classify(ctx: ChatContext, req: ChatRequest, source: str, asked: bool, request):

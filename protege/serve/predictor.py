@@ -80,9 +80,11 @@ class Predictor:
         self.num_beams = num_beams
         self.candidates = (
             Candidates.for_task(task, backend.tok, backend.start_id, self.affixes)
-            if task.type == "classification"
+            if task.type == "classification" and backend.tok is not None
             else None
         )
+        """The labels' token sequences; None for a backend without a tokenizer (one that
+        reads text and gives `label_probs`)."""
         self.model_dir: Path | None = None
         self.text_confidence = False
         """Summaries carry a `score`: exp(mean token log-probability) of the generated text
@@ -122,7 +124,10 @@ class Predictor:
     def label_budget(self) -> int:
         """New tokens for a label and its end marker (eos, or the whole ` Explanation:`
         connector, which `parse_output` needs to see), and no more: generation without
-        rationale (`Candidates.label_budget`)."""
+        rationale (`Candidates.label_budget`); a backend without a tokenizer writes a label
+        whole (no tokens to count): `max_new_tokens`."""
+        if self.backend.tok is None:
+            return self.max_new_tokens
         assert self.candidates is not None
         forced_eos = bool(getattr(self.backend, "forced_eos", False))
         return Candidates.label_budget(
@@ -188,10 +193,10 @@ class Predictor:
 
     def score(self, sources: list[str]) -> list[dict[str, Any]]:
         """The fast path: one label per input from the closed set, never malformed."""
-        assert self.candidates is not None
         label_probs = getattr(self.backend, "label_probs", None)
-        if label_probs is not None:  # a classifier: softmax over the labels, one pass
+        if label_probs is not None:  # a probability per label, one pass
             return [self._from_probs(p) for p in label_probs(sources)]
+        assert self.candidates is not None
         ids, prefix = self.candidates.ids, self.candidates.prefix
         firsts = [c[0] for c in ids]
         if self.rule == "greedy" and len(set(firsts)) == len(firsts) and not prefix:

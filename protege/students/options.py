@@ -11,7 +11,7 @@ class StudentOptions:
     """Which kind of student, and how it is loaded for training (`train.student`)."""
 
     kind: str = "auto"
-    """`auto` (from the model's config), `seq2seq`, `causal` or `classifier`."""
+    """`auto` (from the model's config), `seq2seq`, `causal`, `classifier` or `classical`."""
     lora: bool = False
     """Causal students: train LoRA adapters (peft) instead of every weight; merged on save."""
     lora_r: int = 16
