@@ -52,6 +52,20 @@ def test_rationale_formats_and_summaries_are_refused_in_one_line():
         load_student("protege:tfidf-lgbm", TaskConfig(type="summarization"))
 
 
+def test_a_hand_written_spec_with_a_mistake_is_one_line(tmp_path):
+    cases = [
+        ({"features": "bow", "model": "logreg"}, "features 'bow': expected tfidf or static"),
+        ({"features": "tfidf", "model": "svm"}, "model 'svm': expected one of logreg, lgbm"),
+        ({"features": "tfidf", "model": "logreg"}, "tfidf needs word_ngrams and char_ngrams"),
+        ({"features": "static", "model": "logreg"}, "static features need a model2vec dir"),
+    ]
+    for config, message in cases:
+        (tmp_path / "config.json").write_text(json.dumps({"protege_kind": "classical", **config}))
+        with pytest.raises(ConfigError, match=message) as e:
+            load_student(tmp_path, TaskConfig(format="label"))
+        assert "\n" not in str(e.value)
+
+
 def test_the_kind_comes_from_the_name_and_the_config(fitted):
     assert detect_kind("protege:tfidf-logreg")[1] == "classical"
     assert kind_from_config({"protege_kind": "classical"}) == "classical"

@@ -101,7 +101,10 @@ def test_every_command_of_the_readme_tour_runs_as_written(tmp_path, hub):
     # what the tour says it made; the variants report's links reach each variant's report
     report = work / "runs/quick/report/report.html"
     links = re.findall(r"href='([^']+)'", report.read_text())
-    assert len(links) == 3 and all((report.parent / link).resolve().is_file() for link in links)
+    assert len(links) == 4 and all((report.parent / link).resolve().is_file() for link in links)
+    assert (
+        "| classical | protege:tfidf-logreg | classical |" in report.with_suffix(".md").read_text()
+    )
     best = json.loads((work / "runs/quick/classifier/best.json").read_text())
     assert Path(work / best["model_dir"]).is_dir()
     labels = [json.loads(x) for x in (work / "test.labels.jsonl").read_text().splitlines()]

@@ -23,6 +23,28 @@ from protege.students.base import Fitted, Student, StudentOptions
 from protege.students.classical.models import ClassicalModel, is_fitted, read_config, require
 
 
+def check_config(path, config: dict[str, Any]) -> None:
+    """One line naming what a hand-written spec dir's config.json gets wrong."""
+    from protege.students.classical.models import CLASSIFIERS
+
+    where = f"{path}/config.json"
+    if config.get("features") not in ("tfidf", "static"):
+        raise ConfigError(f"{where}: features {config.get('features')!r}: expected tfidf or static")
+    if config.get("model") not in CLASSIFIERS:
+        raise ConfigError(
+            f"{where}: model {config.get('model')!r}: expected one of {', '.join(CLASSIFIERS)}"
+        )
+    if config["features"] == "tfidf" and not {"word_ngrams", "char_ngrams"} <= set(
+        config.get("tfidf") or {}
+    ):
+        raise ConfigError(f"{where}: tfidf needs word_ngrams and char_ngrams, e.g. [1, 2], [2, 5]")
+    if config["features"] == "static" and not config.get("static"):
+        if not (Path(path) / "static").exists():
+            raise ConfigError(f"{where}: static features need a model2vec dir (`static`)")
+    if not isinstance(config.get("grid", []), list):
+        raise ConfigError(f"{where}: grid: a list of hyper-parameter settings, e.g. [{{C: 1}}]")
+
+
 class ClassicalStudent(Student):
     kind = "classical"
     fits_itself = True
@@ -60,6 +82,7 @@ class ClassicalStudent(Student):
         config = read_config(src)
         if config.get("protege_kind") != "classical":
             raise ConfigError(f"{path}: its config.json is not a classical student's")
+        check_config(path, config)
         require(config)
         saved = config.get("labels")
         if task is None:
