@@ -211,7 +211,7 @@ def train_one(cfg: TrainConfig, out: Path, run_id: str, baseline: bool = False) 
 
     from protege.students import student_class
 
-    if student_class(cfg.model, cfg.student.kind).fits_itself:  # classical: no gradient steps
+    if student_class(cfg.model, cfg.student.kind).fits_itself:  # a kind without gradient steps
         from protege.train.fit import fit_one
 
         set_seed(cfg.seed)
