@@ -1,15 +1,19 @@
 """The student interface: what train/, evaluate/ and serve/ ask of a student, whatever its kind.
 
-A `Student` holds a Hugging Face model and its tokenizer. Three kinds implement it, one module
-each: `seq2seq` (T5, BART, BERT2BERT), `causal` (any `AutoModelForCausalLM`) and `classifier`
-(any `AutoModelForSequenceClassification`). Callers never branch on the kind.
+A `Student` holds a model and its tokenizer (None for a kind that reads text itself). Four
+kinds implement it, one package each (`students.REGISTRY`): `seq2seq` (T5, BART, BERT2BERT),
+`causal` (any `AutoModelForCausalLM`), `classifier` (any `AutoModelForSequenceClassification`)
+and `classical` (TF-IDF or static embeddings, fitted without gradient steps: `fits_itself`).
+Callers never branch on the kind.
 
 Training: `encode` turns `formats.Example`s into `Encoded` rows (ids, target ids, span tags of
 the split loss); `lengths` gives the two keys batches are grouped by; `collate` pads a batch;
 `logits` runs the model (the prepared, maybe DDP-wrapped one is passed in) and returns logits,
 targets and tags aligned as (B, T, V), (B, T), (B, T), so `train.loss.split_loss` serves every
 kind. Inference (the predictor's backend interface): `token_logprobs`, `first_logprobs`,
-`generate`. Classifiers also give `label_probs` (softmax over the task's labels).
+`generate`. Classifying kinds also give `label_probs` (probabilities over the task's labels).
+Exports: `exporters` (format -> exporter) and `runtimes` (an export's marker file -> the
+backend that runs it), so that nothing outside a kind's package names a runtime.
 """
 
 from __future__ import annotations

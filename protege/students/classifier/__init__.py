@@ -1,6 +1,6 @@
 """Encoder classifier students: any `AutoModelForSequenceClassification` (MiniLM, ModernBERT,
 DeBERTa-v3). One forward pass per input and a softmax over the task's labels: the fastest
-student for classification, and the only one whose scores are real label probabilities.
+neural student for classification, whose scores are label probabilities.
 
 Labels only: a classifier head cannot write a rationale, so a format that asks for one is
 refused at load. The head's label order is the task's (`config.id2label`); a saved classifier
