@@ -23,7 +23,7 @@ from protege.errors import ProtegeError
 from protege.paths import user_dir
 
 
-def _atomic_dir(out: Path, build: Callable[[Path], None]) -> Path:
+def atomic_dir(out: Path, build: Callable[[Path], None]) -> Path:
     """Build into a temp dir beside `out`, then rename: a half-built dir never exists."""
     if (out / "config.json").exists() or (out / "tokenizer_config.json").exists():
         return out
@@ -56,7 +56,7 @@ def smollm2_tokenizer_dir() -> Path:
         gguf = smollm2_gguf()
         AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(tmp)
 
-    return _atomic_dir(user_dir() / "tokenizers" / "smollm2-135m", build)
+    return atomic_dir(user_dir() / "tokenizers" / "smollm2-135m", build)
 
 
 def build_smollm2(out: Path) -> Path:
@@ -72,7 +72,7 @@ def build_smollm2(out: Path) -> Path:
         model.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(smollm2_tokenizer_dir()).save_pretrained(tmp)
 
-    return _atomic_dir(out, build)
+    return atomic_dir(out, build)
 
 
 def build_tiny_llama(out: Path) -> Path:
@@ -100,7 +100,7 @@ def build_tiny_llama(out: Path) -> Path:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
 
-    return _atomic_dir(out, build)
+    return atomic_dir(out, build)
 
 
 def minilm_dir() -> Path:
@@ -117,7 +117,7 @@ def minilm_dir() -> Path:
 def classical_spec(name: str) -> Path:
     from protege.students.classical.spec import build_spec
 
-    return build_spec(name, minilm_dir, _atomic_dir)
+    return build_spec(name, minilm_dir, atomic_dir)
 
 
 BUILTINS: dict[str, tuple[str, Callable[[], Path]]] = {

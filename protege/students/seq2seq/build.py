@@ -25,7 +25,7 @@ from pathlib import Path
 
 from protege.errors import ProtegeError
 from protege.paths import user_dir
-from protege.students.builtins import minilm_dir
+from protege.students.builtins import atomic_dir, minilm_dir
 
 BUILT = ("protege:minilm-encdec", "protege:tiny-t5", "protege:tiny-bart", "protege:t5-small-random")
 STUDENT_FILE = "protege_student.json"
@@ -148,22 +148,15 @@ def _set_special_tokens(config, tok) -> None:
 
 
 def _save(model, tok, out_dir: str | Path, info: dict) -> Path:
-    """Save into a temp dir, then rename, so a half-built model never exists."""
+    """Saved as a whole or not at all (`builtins.atomic_dir`): a half-built model never exists."""
     import json
-    import shutil
-    import tempfile
 
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    (tmp / STUDENT_FILE).write_text(json.dumps(info))
-    if out.exists():
-        shutil.rmtree(tmp)
-        return out
-    tmp.rename(out)
-    return out
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / STUDENT_FILE).write_text(json.dumps(info))
+
+    return atomic_dir(Path(out_dir), write)
 
 
 def resolve_model(name: str | Path) -> str:
