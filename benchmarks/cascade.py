@@ -1,15 +1,17 @@
 """Benchmark: the cascade against the teacher alone, on the same requests.
 
-A MiniLM classifier student (`protege:minilm-cls`, trained on the 480 sample NLI training rows,
-served as its ONNX int8 export, calibrated on the 120 dev rows for the target agreement) in
+A classifier student (by default `protege:tfidf-logreg`: TF-IDF features and logistic
+regression, the label student the demo's report picks; trained on the 480 sample NLI training
+rows, served as its kind's export, calibrated on the 120 dev rows for the target agreement) in
 front of a teacher replica that answers each request's gold label after 800 ms at
 gpt-4.1-mini's prices. 2,000 requests (the `label` recipe's prompt for the 120 test rows, each
 asked ~17 times with another `seed`, so every request is distinct and none is answered from the
 store) by 32 concurrent `openai` SDK clients: once straight to the teacher (the application
 today), once through `protege serve --teacher ... --target-agreement 0.95` (the application
 after changing its base_url). The server runs on one core, the clients and the replica on the
-other. `--student protege:tfidf-logreg` puts a classical student (TF-IDF + logistic
-regression) in the MiniLM's place, served the same way (its kind's export).
+other. The prompts are built before the clock starts (an application has its messages in hand
+before it calls the API). `--student protege:minilm-cls` puts the MiniLM classifier (ONNX
+int8) in its place.
 
     python benchmarks/cascade.py [--requests 2000] [--clients 32] [--target 0.95]
 
@@ -58,7 +60,7 @@ def prompt(row: dict) -> list[dict[str, str]]:
     )
 
 
-def train_student(work: Path, epochs: int, name: str = "protege:minilm-cls") -> Path:
+def train_student(work: Path, epochs: int, name: str = "protege:tfidf-logreg") -> Path:
     """The classifier student on the training rows (gold labels: what this teacher answers),
     in its kind's export (ONNX int8 for the MiniLM classifier: the path that is served)."""
     from protege.config import from_dict
@@ -77,8 +79,10 @@ def train_student(work: Path, epochs: int, name: str = "protege:minilm-cls") -> 
     return export_student(best, None, work / "student-export", "int8")
 
 
-async def load(base_url: str, requests: list[tuple[dict, int]], clients: int) -> dict:
-    """`clients` SDK clients sending `requests`; latencies, answers, routes, usage, errors."""
+async def load(base_url: str, requests: list[tuple[list, int]], clients: int) -> dict:
+    """`clients` SDK clients sending `requests` (messages, seed); latencies, answers, routes,
+    usage, errors. The messages are built before the clock starts, as an application has its
+    prompt in hand before it calls the API."""
     import openai
 
     queue: asyncio.Queue = asyncio.Queue()
@@ -91,11 +95,11 @@ async def load(base_url: str, requests: list[tuple[dict, int]], clients: int) ->
         async with openai.AsyncOpenAI(base_url=base_url, api_key="sk-app", max_retries=0,
                                       timeout=60) as c:  # fmt: skip
             while not queue.empty():
-                i, (row, seed) = queue.get_nowait()
+                i, (messages, seed) = queue.get_nowait()
                 t0 = time.perf_counter()
                 try:
                     raw = await c.chat.completions.with_raw_response.create(
-                        model=MODEL, messages=prompt(row), temperature=0.0, seed=seed,
+                        model=MODEL, messages=messages, temperature=0.0, seed=seed,
                         max_completion_tokens=16)  # fmt: skip
                     answer = raw.parse()
                 except openai.OpenAIError as e:
@@ -144,6 +148,15 @@ def start_server(model: Path, teacher_url: str, target: float, log: Path) -> tup
     raise SystemExit("server did not start")
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (Linux /proc), or None where there is no /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def scrape(url: str, name: str) -> float:
     import urllib.request
 
@@ -163,9 +176,10 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.95)
     parser.add_argument("--latency", type=float, default=0.8)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--student", default="protege:minilm-cls",
-                        help="the classifier student: protege:minilm-cls, or a classical one "
-                             "(protege:tfidf-logreg)")  # fmt: skip
+    parser.add_argument("--student", default="protege:tfidf-logreg",
+                        help="the classifier student: a classical one (protege:tfidf-logreg, "
+                             "protege:tfidf-lgbm, protege:static-logreg) or "
+                             "protege:minilm-cls")  # fmt: skip
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -189,8 +203,9 @@ def main() -> None:
         gold = {prompt(r)[-1]["content"]: r["label"] for r in test}
         teacher = FakeOpenAI(latency=args.latency,
                              reply=lambda m: gold[m[-1]["content"]]).start()  # fmt: skip
-        requests = [(test[i % len(test)], 1000 + i) for i in range(args.requests)]
-        truth = [r["label"] for r, _ in requests]
+        messages = [prompt(r) for r in test]
+        requests = [(messages[i % len(test)], 1000 + i) for i in range(args.requests)]
+        truth = [test[i % len(test)]["label"] for i in range(args.requests)]
         price = pricing(TeacherConfig(kind="openai", model=MODEL, base_url=teacher.base_url))
         try:
             direct = asyncio.run(load(teacher.base_url, requests, args.clients))
@@ -200,7 +215,9 @@ def main() -> None:
             try:
                 asyncio.run(load(url + "/v1", requests[:64], args.clients))  # warm up
                 warm_spend = scrape(url, "protege_teacher_spend_usd_total")
+                cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
                 cascade = asyncio.run(load(url + "/v1", requests, args.clients))
+                wall, cpu1 = time.perf_counter() - t0, cpu_seconds(proc.pid)
                 spend = scrape(url, "protege_teacher_spend_usd_total") - warm_spend
             finally:
                 proc.send_signal(signal.SIGINT)
@@ -228,6 +245,13 @@ def main() -> None:
         "cost_ratio": round(spend / direct_cost, 4) if direct_cost else None,
         "errors": errors,
         "p99_ms_cascade": round(pct(lat_c, 0.99), 2),
+        "requests_per_s_cascade": round(args.requests / wall, 1),
+        "server_cpu_ms_per_request": None
+        if cpu0 is None or cpu1 is None
+        else round((cpu1 - cpu0) / args.requests * 1000, 2),
+        "server_core_busy": None
+        if cpu0 is None or cpu1 is None
+        else round((cpu1 - cpu0) / wall, 2),
         "student_agreement": round(statistics.fmean(student_agree), 4) if student_agree else None,
         "threshold": round(cal.threshold, 4),
         "calibration_coverage": round(cal.coverage, 4),
@@ -262,6 +286,12 @@ def main() -> None:
         f"floors: agreement >= {args.target - 0.01:.2f}, cost_ratio <= 0.25, p50 cascade <= "
         f"0.1 x teacher only, errors 0: {'met' if result['floors_met'] else 'NOT met'}"
     )
+    if result["server_cpu_ms_per_request"] is not None:
+        print(
+            f"server: {result['server_cpu_ms_per_request']} ms of CPU a request, its core "
+            f"{result['server_core_busy']:.0%} busy at {result['requests_per_s_cascade']} "
+            "requests/s"
+        )
     for e in (cascade["errors"] + direct["errors"])[:3]:
         print(f"  error: {e}")
     print(json.dumps(result))
