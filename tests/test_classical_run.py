@@ -148,6 +148,7 @@ def test_export_check_compares_the_onnx_graph_with_the_student(run, tmp_path, va
                                     "--check", str(run / "test.jsonl")])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "on 40/40 rows (100.0%)" in res.output
+    assert "(float32; int8 asked, nothing in it to quantize)" in res.output  # what was written
     assert (out / "model.onnx").exists() and (out / "protege_onnx_classical.json").exists()
     a, b = Predictor.load(best(run, variant)), Predictor.load(out)
     rows = nli_rows("test", 20) + [{"premise": "ÉCOLE  à\tZürich 🙂", "hypothesis": "x\n\ny"}]

@@ -75,6 +75,7 @@ def test_cli_export_reports_match_rate(tiny_nli, tmp_path):
     r = CliRunner().invoke(main, [*args, "--check", str(data)])
     assert r.exit_code == 0, r.output
     assert "same prediction as PyTorch on" in r.output and (out / "model.bin").exists()
+    assert f"to {out} (int8)" in r.output
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 1 and "already exists" in r.output
 

@@ -106,10 +106,12 @@ def export(model_dir, fmt, quantization, output, check) -> None:
     """Export the student in MODEL_DIR: CTranslate2 (T5, BART, the Llama family) or ONNX run
     by onnxruntime (classifiers)."""
     from protege.evaluate.agreement import match_rate
-    from protege.students import export_student
+    from protege.students import export_info, export_student
 
     out = export_student(model_dir, fmt, output, quantization)
-    click.echo(f"exported {model_dir} to {out} ({quantization})")
+    made = (export_info(out) or {}).get("quantization", quantization)
+    note = "" if made == quantization else f"; {quantization} asked, nothing in it to quantize"
+    click.echo(f"exported {model_dir} to {out} ({made}{note})")
     if check:
         from protege.data.io import read_records
         from protege.serve.predictor import Predictor

@@ -121,6 +121,16 @@ def load_student(
     return cls.load(path, task, options or StudentOptions(), seed)
 
 
+def export_info(model_dir: str | Path) -> dict | None:
+    """What an export dir's marker file records (its quantization among it), or None where the
+    dir is not an export."""
+    for kind in KINDS:
+        for marker in kind_class(kind).runtimes():
+            if (Path(model_dir) / marker).exists():
+                return json.loads((Path(model_dir) / marker).read_text())
+    return None
+
+
 def open_runtime(model_dir: str | Path, task: TaskConfig, device: str = "cpu", threads=None):
     """What `serve.predictor.Predictor` runs a model dir with: an export's runtime where the
     dir is one (each kind names the marker files of its exports), else the saved student's
@@ -154,6 +164,7 @@ __all__ = [
     "Student",
     "StudentOptions",
     "detect_kind",
+    "export_info",
     "export_student",
     "load_student",
     "kind_class",
