@@ -54,13 +54,15 @@ class TrainPlan:
     format: str
     points: list[str]
     train_from: str
-    epochs: float
+    epochs: float | None
+    """None for a student that fits itself (no epochs)."""
 
 
 def plan_recipe(recipe: RecipeConfig) -> tuple[list[StepPlan], list[TrainPlan]]:
     """Price every teacher step and list every training; reads data, calls nothing."""
     from protege.generate import GenerateConfig, run_generate
     from protege.pipeline import prepare_split
+    from protege.students import fits_itself
     from protege.train.config import TrainConfig
     from protege.train.grid import expand_grid
 
@@ -98,7 +100,8 @@ def plan_recipe(recipe: RecipeConfig) -> tuple[list[StepPlan], list[TrainPlan]]:
     for name, source, extra in targets:
         cfg = from_dict(TrainConfig, train_dict(recipe, "t", "d", "o", extra), name)
         points = [p.id for p in expand_grid(cfg)]
-        trains.append(TrainPlan(name, cfg.model, cfg.task.format, points, source, cfg.epochs))
+        epochs = None if fits_itself(cfg.model, cfg.student.kind) else cfg.epochs
+        trains.append(TrainPlan(name, cfg.model, cfg.task.format, points, source, epochs))
     return steps, trains
 
 
@@ -128,8 +131,9 @@ def plan_lines(steps: list[StepPlan], trains: list[TrainPlan]) -> list[str]:
     )
     lines.append("would train:")
     for t in trains:
+        how = "fits its own candidates" if t.epochs is None else f"{t.epochs:g} epochs"
         lines.append(
-            f"  {t.name}: {t.model}, format {t.format}, {t.epochs:g} epochs, on {t.train_from}; "
+            f"  {t.name}: {t.model}, format {t.format}, {how}, on {t.train_from}; "
             f"{len(t.points)} grid points ({', '.join(t.points)})"
         )
     return lines

@@ -46,6 +46,10 @@ def _recipe(tmp_path, base_url: str) -> str:
                 "name": "cls",
                 "train": {"model": "protege:minilm-cls", "epochs": 3, "task": {"format": "label"}},
             },  # fmt: skip
+            {
+                "name": "classical",
+                "train": {"model": "protege:tfidf-logreg", "task": {"format": "label"}},
+            },  # fmt: skip
         ],
         "train": {"grid": {"learning_rates": [1e-4, 3e-4], "baseline": True}},
     }
@@ -74,6 +78,11 @@ def test_run_dry_run_prices_every_teacher_step_and_lists_what_would_train(tmp_pa
         "small: protege:tiny-t5, format label+rationale, 2 epochs, on data; 4 grid points" in text
     )
     assert "cls: protege:minilm-cls, format label, 3 epochs, on data; 2 grid points" in text
+    # a classical student fits its own candidates: no epochs, one point whatever the rates
+    assert (
+        "classical: protege:tfidf-logreg, format label, fits its own candidates, on data; "
+        "1 grid points (lr6e-4_seed42)" in text
+    )
 
 
 def test_generate_reads_a_recipes_steps_for_a_dry_run_and_refuses_to_run_them(tmp_path):
@@ -117,7 +126,7 @@ def test_a_shadowed_override_is_reported(tmp_path):
     assert recipe.variants[0].train["epochs"] == 1
     lines = shadowed_overrides(load_recipe(path), ["train.epochs=1", "train.lr=1e-3"])
     assert lines == [
-        "override train.epochs: small, cls set it themselves, so it has no effect "
+        "override train.epochs: small, cls set it themselves, so it does not reach them "
         "(override theirs: variants.small.train.epochs=...)"
     ]
     teacher = shadowed_overrides(load_recipe(path), ["teacher.mode=online"])

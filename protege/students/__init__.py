@@ -71,6 +71,21 @@ def kind_from_config(config: dict) -> str | None:
     return None
 
 
+def fits_itself(name: str | Path, kind: str = "auto") -> bool:
+    """Whether `name` is a student of a self-fitting kind (no epochs, no learning rate), as far
+    as is known without building, downloading or loading anything: an explicit kind, a
+    built-in name, or a local dir's config."""
+    from protege.students.builtins import BUILTINS
+
+    if kind == "auto" and str(name) in BUILTINS:
+        kind = BUILTINS[str(name)][0]
+    elif kind == "auto":
+        local = Path(name) / "config.json"
+        config = json.loads(local.read_text()) if local.is_file() else {}
+        kind = kind_from_config(config) or "seq2seq"
+    return kind_class(kind).fits_itself
+
+
 def read_config(path: str) -> dict | None:
     """config.json of a local dir, or of a hub model already in the cache (None if neither)."""
     local = Path(path) / "config.json"
@@ -165,6 +180,7 @@ __all__ = [
     "StudentOptions",
     "detect_kind",
     "export_info",
+    "fits_itself",
     "export_student",
     "load_student",
     "kind_class",

@@ -40,8 +40,14 @@ def format_split(split: list[float]) -> str:
 
 
 def expand_grid(cfg: TrainConfig) -> list[GridPoint]:
-    """Every configuration of `cfg.grid` (or just `cfg` when the grid is empty), in run order."""
+    """Every configuration of `cfg.grid` (or just `cfg` when the grid is empty), in run order.
+    A self-fitting student (it chooses its own candidates, without epochs or a learning rate)
+    gets one point per seed, whatever `grid.learning_rates` lists."""
+    from protege.students import fits_itself
+
     lrs = cfg.grid.learning_rates or [cfg.lr]
+    if fits_itself(cfg.model, cfg.student.kind):
+        lrs = [cfg.lr]
     splits = cfg.grid.splits or [cfg.split]
     seeds = cfg.grid.seeds or [cfg.seed]
     has_split = cfg.task.format != "label"
