@@ -81,7 +81,7 @@ def test_run_dry_run_prices_every_teacher_step_and_lists_what_would_train(tmp_pa
     # a classical student fits its own candidates: no epochs, one point whatever the rates
     assert (
         "classical: protege:tfidf-logreg, format label, fits its own candidates, on data; "
-        "1 grid points (lr6e-4_seed42)" in text
+        "1 grid points (seed42)" in text
     )
 
 

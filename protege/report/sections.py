@@ -205,7 +205,7 @@ def _seed_table(aggs: list[dict[str, Any]], run: RunFiles) -> Table:
         rows.append(
             [
                 str(a["format"]),
-                f"{a['lr']:g}",
+                "–" if a["lr"] is None else f"{a['lr']:g}",
                 split,
                 a["checkpoint"],
                 str(len(a["seeds"])),
@@ -252,7 +252,9 @@ def _series(run: RunFiles, key: str, group_by_format: bool) -> dict[str, dict[st
             for h in run.history(cfg)
             if h.get(key) is not None and h.get("epoch") is not None
         ]
-        label = f"{'baseline' if cfg.get('baseline') else split_text(cfg)} lr={cfg.get('lr'):g}"
+        label = "baseline" if cfg.get("baseline") else split_text(cfg)
+        if cfg.get("lr") is not None:  # a self-fitting student has none
+            label += f" lr={cfg['lr']:g}"
         if cfg.get("seed") is not None:
             label += f" s{cfg['seed']}"
         group = str(cfg.get("format")) if group_by_format else "all"

@@ -54,6 +54,7 @@ def fit_one(student, cfg: TrainConfig, out: Path, run_id: str, baseline: bool) -
     result = result_entry(
         cfg, run_id, baseline, history, "eval_accuracy", False, len(history), train, dev
     )
+    result["lr"] = None  # the kind chose its own candidates: no learning rate was used
     write_json(out / "result.json", result)
     atomic_write_text(out / "DONE", f"fitted {len(history)} candidates in {seconds:.2f} s\n")
     return result

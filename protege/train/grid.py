@@ -42,12 +42,13 @@ def format_split(split: list[float]) -> str:
 def expand_grid(cfg: TrainConfig) -> list[GridPoint]:
     """Every configuration of `cfg.grid` (or just `cfg` when the grid is empty), in run order.
     A self-fitting student (it chooses its own candidates, without epochs or a learning rate)
-    gets one point per seed, whatever `grid.learning_rates` lists."""
+    gets one point per seed (`seed42`), whatever `grid.learning_rates` lists."""
     from protege.students import fits_itself
 
-    lrs = cfg.grid.learning_rates or [cfg.lr]
     if fits_itself(cfg.model, cfg.student.kind):
-        lrs = [cfg.lr]
+        return [GridPoint(f"seed{seed}", _variant(cfg, seed=seed), cfg.grid.baseline)
+                for seed in cfg.grid.seeds or [cfg.seed]]  # fmt: skip
+    lrs = cfg.grid.learning_rates or [cfg.lr]
     splits = cfg.grid.splits or [cfg.split]
     seeds = cfg.grid.seeds or [cfg.seed]
     has_split = cfg.task.format != "label"
@@ -184,7 +185,7 @@ def results_markdown(results: list[dict[str, Any]]) -> str:
         lo, ac = r["best"]["loss"] or {}, r["best"]["accuracy"] or {}
         split = format_split(r["split"]) if r["split"] else "-"
         lines.append(
-            f"| {r['id']} | {r['format']} | {format_lr(r['lr'])} | {split} | {r['seed']} "
+            f"| {r['id']} | {r['format']} | {format_lr(r['lr']) if r['lr'] is not None else '-'} | {split} | {r['seed']} "
             f"| {r['steps']}{' (early stop)' if r.get('early_stopped') else ''} "
             f"| {_fmt(lo.get('step'))} | {_fmt(lo.get('eval_loss_label_span'))} "
             f"| {_fmt(lo.get(key), not summ)} "
