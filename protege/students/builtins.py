@@ -14,31 +14,12 @@ SmolLM2's tokenizer is extracted from the GGUF once and cached (`tokenizers/smol
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from protege.errors import ProtegeError
 from protege.paths import user_dir
-
-
-def atomic_dir(out: Path, build: Callable[[Path], None]) -> Path:
-    """Build into a temp dir beside `out`, then rename: a half-built dir never exists."""
-    if (out / "config.json").exists() or (out / "tokenizer_config.json").exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        build(tmp)
-        if out.exists():  # another process finished first
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+from protege.students.dirs import atomic_dir
 
 
 def smollm2_gguf() -> Path:

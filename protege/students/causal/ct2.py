@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from protege.data.io import write_json
@@ -18,6 +17,7 @@ from protege.errors import ProtegeError
 from protege.formats import TASK_FILE
 from protege.students.causal.prompts import completion_affixes, prompt_ids
 from protege.students.ct2base import QUANTIZATIONS, _ct2, model_type
+from protege.students.dirs import export_dir
 
 CT2_CAUSAL_MARKER = "protege_ct2_causal.json"
 """An export dir of this runtime holds it (what it was exported from, and how)."""
@@ -36,11 +36,8 @@ def export_ct2_causal(
     if quantization not in QUANTIZATIONS:
         raise ProtegeError(f"unknown quantization {quantization!r} ({', '.join(QUANTIZATIONS)})")
     out = Path(output) if output else model_dir.parent / f"{model_dir.name}-ct2-{quantization}"
-    if out.exists():
-        raise ProtegeError(f"{out}: already exists (remove it or pass --output)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+
+    def build(tmp: Path) -> None:
         try:
             ctranslate2.converters.TransformersConverter(str(model_dir)).convert(
                 str(tmp / "ct2"), quantization=quantization, force=True
@@ -62,11 +59,8 @@ def export_ct2_causal(
                 "quantization": quantization,
             },
         )
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return export_dir(out, build)
 
 
 class CT2CausalBackend:

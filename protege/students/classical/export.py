@@ -22,14 +22,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from protege.data.io import write_json
-from protege.errors import ConfigError, ProtegeError
+from protege.errors import ConfigError
 from protege.formats import TASK_FILE, display_label, load_task
 from protege.students.classical.features import Tfidf, normalise
 from protege.students.classical.models import (
@@ -39,6 +38,7 @@ from protege.students.classical.models import (
     read_config,
     require,
 )
+from protege.students.dirs import export_dir
 
 MARKER = "protege_onnx_classical.json"
 OPSET = {"": 15, "ai.onnx.ml": 1}
@@ -127,17 +127,13 @@ def export_onnx(model_dir, output=None, quantization: str = "int8") -> Path:
         raise ConfigError(f"{model_dir}: not fitted yet; train it before exporting")
     model = ClassicalModel.load(model_dir, config)
     out = Path(output) if output else model_dir.parent / f"{model_dir.name}-onnx"
-    if out.exists():
-        raise ProtegeError(f"{out}: already exists (remove it or pass --output)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+
+    def build(tmp: Path) -> None:
         graph = _features_graph(model.features)
         if isinstance(model.classifier, LogReg):
             graph = _append_logreg(graph, model.classifier)
         else:
             graph = _merge_trees(graph, model.classifier, model.features.dim)
-        import onnx
 
         onnx.checker.check_model(graph)
         onnx.save(graph, str(tmp / "model.onnx"))
@@ -157,11 +153,8 @@ def export_onnx(model_dir, output=None, quantization: str = "int8") -> Path:
                 "output": "probabilities (n, len(classes)): column j is labels[classes[j]]",
             },
         )
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return export_dir(out, build)
 
 
 class OnnxClassicalRuntime:

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from protege.data.io import write_json
 from protege.errors import ProtegeError
 from protege.formats import TASK_FILE, display_label, load_task
+from protege.students.dirs import export_dir
 
 ONNX_MARKER = "protege_onnx.json"
 """An export dir of this runtime holds it (what it was exported from, and how)."""
@@ -52,11 +52,8 @@ def export_onnx(
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     out = Path(output) if output else model_dir.parent / f"{model_dir.name}-onnx-{quantization}"
-    if out.exists():
-        raise ProtegeError(f"{out}: already exists (remove it or pass --output)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+
+    def build(tmp: Path) -> None:
         model.config.return_dict = False
         example = tok(["a premise", "a longer hypothesis here"], padding=True)
         args = tuple(torch.tensor(example[k]) for k in ("input_ids", "attention_mask"))
@@ -95,11 +92,8 @@ def export_onnx(
                 "activation_scales": "per token" if quantization == "int8" else None,
             },
         )
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return export_dir(out, build)
 
 
 def per_token_activations(path: Path) -> None:

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from protege.errors import ProtegeError
 from protege.paths import user_dir
-from protege.students.builtins import atomic_dir, minilm_dir
+from protege.students.builtins import minilm_dir
+from protege.students.dirs import atomic_dir
 
 BUILT = ("protege:minilm-encdec", "protege:tiny-t5", "protege:tiny-bart", "protege:t5-small-random")
 STUDENT_FILE = "protege_student.json"
@@ -148,7 +149,7 @@ def _set_special_tokens(config, tok) -> None:
 
 
 def _save(model, tok, out_dir: str | Path, info: dict) -> Path:
-    """Saved as a whole or not at all (`builtins.atomic_dir`): a half-built model never exists."""
+    """Saved as a whole or not at all (`dirs.atomic_dir`): a half-built model never exists."""
     import json
 
     def write(tmp: Path) -> None:

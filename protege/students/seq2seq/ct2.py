@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from protege.data.io import write_json
 from protege.errors import ProtegeError
 from protege.formats import TASK_FILE, clip_sources
 from protege.students.ct2base import QUANTIZATIONS, _ct2, model_type
+from protege.students.dirs import export_dir
 from protege.targets import eos_id
 
 CT2_MARKER = "protege_ct2.json"
@@ -61,11 +61,8 @@ def export_ct2(
     if quantization not in QUANTIZATIONS:
         raise ProtegeError(f"unknown quantization {quantization!r} ({', '.join(QUANTIZATIONS)})")
     out = Path(output) if output else model_dir.parent / f"{model_dir.name}-ct2-{quantization}"
-    if out.exists():
-        raise ProtegeError(f"{out}: already exists (remove it or pass --output)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+
+    def build(tmp: Path) -> None:
         source = _converter_source(model_dir, kind, tmp / "src")
         ctranslate2.converters.TransformersConverter(str(source)).convert(
             str(tmp / "ct2"), quantization=quantization, force=True
@@ -91,11 +88,8 @@ def export_ct2(
             tmp / CT2_MARKER,
             {"source": str(model_dir.resolve()), "model_type": kind, "quantization": quantization},
         )
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return export_dir(out, build)
 
 
 def _converter_source(model_dir: Path, kind: str, scratch: Path) -> Path:
