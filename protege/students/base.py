@@ -64,6 +64,22 @@ class Fitted:
     model: Any
 
 
+def require_label_task(kind: str, writer: str, task: TaskConfig) -> None:
+    """A kind that only picks a label: a text task or a rationale format is a clear error."""
+    from protege.errors import ConfigError
+
+    if task.type != "classification":
+        raise ConfigError(
+            f"student kind {kind}: a {task.type} task needs generated text; "
+            "use a seq2seq or causal student"
+        )
+    if task.format != "label":
+        raise ConfigError(
+            f"student kind {kind}: format {task.format!r} asks for rationales, which {writer} "
+            "cannot write; use format: label, or a seq2seq/causal student"
+        )
+
+
 def set_decoding(model, settings: dict, prefix: list[int]) -> None:
     """Make the model's generation config say exactly `settings` (replacing what a pretrained
     checkpoint brought, e.g. bart-base's `num_beams: 4`, `no_repeat_ngram_size: 3`), and force

@@ -19,7 +19,7 @@ import numpy as np
 
 from protege.errors import ConfigError
 from protege.formats import Example, TaskConfig, display_label, normalise_label
-from protege.students.base import Fitted, Student, StudentOptions
+from protege.students.base import Fitted, Student, StudentOptions, require_label_task
 from protege.students.classical.models import ClassicalModel, is_fitted, read_config, require
 
 
@@ -56,16 +56,7 @@ class ClassicalStudent(Student):
 
     @classmethod
     def check_task(cls, task: TaskConfig) -> None:
-        if task.type != "classification":
-            raise ConfigError(
-                f"student kind classical: a {task.type} task needs generated text; "
-                "use a seq2seq or causal student"
-            )
-        if task.format != "label":
-            raise ConfigError(
-                f"student kind classical: format {task.format!r} asks for rationales, which a "
-                "classical student cannot write; use format: label, or a seq2seq/causal student"
-            )
+        require_label_task("classical", "a classical student", task)
 
     @classmethod
     def load(

@@ -13,7 +13,7 @@ import torch
 
 from protege.errors import ConfigError
 from protege.formats import Example, TaskConfig, display_label, normalise_label
-from protege.students.base import Encoded, Student, StudentOptions
+from protege.students.base import Encoded, Student, StudentOptions, require_label_task
 from protege.train.loss import LABEL_TAG
 
 
@@ -23,16 +23,7 @@ class ClassifierStudent(Student):
 
     @classmethod
     def check_task(cls, task: TaskConfig) -> None:
-        if task.type != "classification":
-            raise ConfigError(
-                f"student kind classifier: a {task.type} task needs generated text; "
-                "use a seq2seq or causal student"
-            )
-        if task.format != "label":
-            raise ConfigError(
-                f"student kind classifier: format {task.format!r} asks for rationales, which a "
-                "classifier head cannot write; use format: label, or a seq2seq/causal student"
-            )
+        require_label_task("classifier", "a classifier head", task)
 
     @classmethod
     def load(
